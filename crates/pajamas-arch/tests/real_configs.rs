@@ -1,0 +1,138 @@
+//! Detection on the verbatim config.json files of published models (data/configs/),
+//! checked against the exact totals in data/configs/README.md.
+
+use std::path::PathBuf;
+
+use pajamas_arch::{detect, ArchitectureInfo, AttentionKind, Family, RouterScoring};
+
+fn load(folder: &str) -> ArchitectureInfo {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/configs")
+        .join(folder)
+        .join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    detect(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+fn dense(folder: &str, total: u64, kind: AttentionKind, ratio: u64) -> ArchitectureInfo {
+    let a = load(folder);
+    assert_eq!(a.params.total, total, "{folder} total");
+    assert_eq!(a.params.active, total, "{folder} active");
+    assert_eq!(a.family, Family::DenseDecoder, "{folder}");
+    let att = a.attention.as_ref().unwrap();
+    assert_eq!(att.kind, kind, "{folder}");
+    assert_eq!(att.gqa_ratio, ratio, "{folder}");
+    assert!(a.warnings.is_empty(), "{folder}: {:?}", a.warnings);
+    a
+}
+
+#[test]
+fn smollm2() {
+    let a = dense("HuggingFaceTB__SmolLM2-135M-Instruct", 134_515_008, AttentionKind::GroupedQuery, 3);
+    assert!(a.tie_word_embeddings);
+}
+
+#[test]
+fn qwen25_7b() {
+    let a = dense("Qwen__Qwen2.5-7B-Instruct", 7_615_616_512, AttentionKind::GroupedQuery, 7);
+    let att = a.attention.unwrap();
+    assert!(att.qkv_bias);
+    // declared but disabled
+    assert_eq!(att.sliding_window, None);
+}
+
+#[test]
+fn qwen3_dense() {
+    let a = dense("Qwen__Qwen3-0.6B", 596_049_920, AttentionKind::GroupedQuery, 2);
+    assert!(a.attention.as_ref().unwrap().head_dim_explicit);
+    assert!(a.attention.unwrap().qk_norm);
+    dense("Qwen__Qwen3-8B", 8_190_735_360, AttentionKind::GroupedQuery, 4);
+}
+
+#[test]
+fn llama31_and_mistral() {
+    dense("meta-llama__Meta-Llama-3.1-8B", 8_030_261_248, AttentionKind::GroupedQuery, 4);
+    let m = dense("mistralai__Mistral-7B-v0.1", 7_241_732_096, AttentionKind::GroupedQuery, 4);
+    let att = m.attention.unwrap();
+    assert_eq!(att.sliding_window, Some(4096));
+    assert_eq!(att.span_pattern.as_deref(), Some("all layers sliding-window"));
+}
+
+#[test]
+fn gemma3_local_global() {
+    let a = dense("google__gemma-3-1b-it", 999_885_952, AttentionKind::MultiQuery, 4);
+    assert!(a.tie_word_embeddings);
+    let att = a.attention.unwrap();
+    assert_eq!(att.head_dim, 256);
+    assert!(att.head_dim_explicit);
+    assert_eq!(att.sliding_window, Some(512));
+    assert_eq!(att.span_pattern.as_deref(), Some("5 local : 1 global"));
+}
+
+fn moe(folder: &str, total: u64, active: u64, active_wo_embd_approx: f64) -> ArchitectureInfo {
+    let a = load(folder);
+    assert_eq!(a.params.total, total, "{folder} total");
+    assert_eq!(a.params.active, active, "{folder} active");
+    let excl = a.params.active_without_embedding as f64 / 1e9;
+    assert!((excl - active_wo_embd_approx).abs() < 0.0005, "{folder}: {excl}");
+    a
+}
+
+#[test]
+fn qwen3_moe() {
+    let a = moe("Qwen__Qwen3-30B-A3B", 30_532_122_624, 3_353_032_704, 3.042);
+    assert_eq!(a.family, Family::Moe);
+    let m = a.moe.unwrap();
+    assert_eq!((m.num_experts, m.experts_per_token, m.num_shared_experts), (128, 8, 0));
+    assert_eq!(m.expert_ffn_size, 768);
+    assert_eq!(m.moe_layers.len(), 48);
+    assert_eq!(a.attention.unwrap().gqa_ratio, 8);
+}
+
+#[test]
+fn mixtral() {
+    let a = moe("mistralai__Mixtral-8x7B-v0.1", 46_702_792_704, 12_879_925_248, 12.749);
+    let m = a.moe.unwrap();
+    assert_eq!((m.num_experts, m.experts_per_token), (8, 2));
+    assert_eq!(m.router_scoring, RouterScoring::Softmax);
+    assert_eq!(a.attention.unwrap().sliding_window, None);
+}
+
+#[test]
+fn deepseek_v3() {
+    let a = moe("deepseek-ai__DeepSeek-V3", 671_026_419_200, 37_552_297_472, 36.626);
+    let att = a.attention.unwrap();
+    assert_eq!(att.kind, AttentionKind::MultiHeadLatent);
+    assert_eq!(att.mla.unwrap().kv_lora_rank, 512);
+    let m = a.moe.unwrap();
+    assert_eq!((m.num_experts, m.experts_per_token, m.num_shared_experts), (256, 8, 1));
+    assert_eq!(m.leading_dense_layers, 3);
+    assert_eq!(m.router_scoring, RouterScoring::Sigmoid);
+    assert!(m.router_correction_bias);
+    assert_eq!(m.moe_layers.first(), Some(&3));
+    assert_eq!(a.source_quantization.as_deref(), Some("fp8"));
+}
+
+#[test]
+fn gpt_oss() {
+    let a = moe("openai__gpt-oss-20b", 20_914_757_184, 4_187_440_704, 3.608);
+    let att = a.attention.unwrap();
+    assert!(att.sinks);
+    assert_eq!(att.sliding_window, Some(128));
+    assert_eq!(att.span_pattern.as_deref(), Some("1 local : 1 global"));
+    assert_eq!(a.moe.unwrap().experts_per_token, 4);
+    assert_eq!(a.source_quantization.as_deref(), Some("mxfp4"));
+}
+
+#[test]
+fn nemotron_h_hybrid_moe() {
+    let a = moe("nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", 31_577_940_288, 3_580_076_352, 3.228);
+    assert_eq!(a.family, Family::HybridMambaMoe);
+    let h = a.hybrid.unwrap();
+    assert_eq!(h.mamba_layers.len(), 23);
+    assert_eq!(h.attention_layers.len(), 6);
+    assert_eq!(h.ratio, "23:6");
+    assert_eq!(h.ssm.num_groups, 8);
+    assert_eq!(h.ssm.inner_size, 4096);
+    assert_eq!(a.moe.unwrap().moe_layers.len(), 23);
+}
