@@ -34,10 +34,6 @@ impl<'a> Cfg<'a> {
         })
     }
 
-    pub fn f64(&self, keys: &[&str]) -> Option<f64> {
-        self.get(keys)?.as_f64()
-    }
-
     pub fn bool(&self, keys: &[&str]) -> Option<bool> {
         self.get(keys)?.as_bool()
     }

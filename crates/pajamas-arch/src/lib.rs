@@ -10,6 +10,9 @@ pub mod detect;
 mod encoders;
 pub mod info;
 pub mod roles;
+pub mod strategy;
 
 pub use detect::{detect, DetectError};
 pub use info::*;
+pub use roles::{classify, Part, Role, TensorRole};
+pub use strategy::{Precision, Strategy};

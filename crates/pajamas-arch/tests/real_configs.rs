@@ -136,3 +136,57 @@ fn nemotron_h_hybrid_moe() {
     assert_eq!(h.ssm.inner_size, 4096);
     assert_eq!(a.moe.unwrap().moe_layers.len(), 23);
 }
+
+fn alloc<'a>(s: &'a pajamas_arch::Strategy, prefix: &str) -> Option<&'a pajamas_arch::strategy::Allocation> {
+    s.precision_allocation.iter().find(|a| a.component.starts_with(prefix))
+}
+
+#[test]
+fn strategies_follow_the_architecture() {
+    use pajamas_arch::Precision;
+    for folder in [
+        "HuggingFaceTB__SmolLM2-135M-Instruct",
+        "Qwen__Qwen2.5-7B-Instruct",
+        "Qwen__Qwen3-0.6B",
+        "Qwen__Qwen3-8B",
+        "Qwen__Qwen3-30B-A3B",
+        "meta-llama__Meta-Llama-3.1-8B",
+        "mistralai__Mistral-7B-v0.1",
+        "mistralai__Mixtral-8x7B-v0.1",
+        "deepseek-ai__DeepSeek-V3",
+        "openai__gpt-oss-20b",
+        "google__gemma-3-1b-it",
+        "nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
+    ] {
+        let a = load(folder);
+        let s = a.recommend();
+        let allocated: u64 = s.precision_allocation.iter().map(|x| x.params).sum();
+        assert_eq!(allocated, a.params.total, "{folder}: every parameter allocated once");
+        assert!(s.expected.bits_per_weight > 4.0 && s.expected.bits_per_weight < 9.0, "{folder}: {}", s.expected.bits_per_weight);
+        assert!(s.group_size > 0 && a.hidden_size % s.group_size == 0, "{folder}");
+    }
+    // Dense GQA 4:1: K/V get more bits; 8B -> group 128.
+    let s = load("Qwen__Qwen3-8B").recommend();
+    assert_eq!(alloc(&s, "attention_k_v").unwrap().precision, Precision::Int6);
+    assert_eq!(s.group_size, 128);
+    assert_eq!(s.calibration.method, "importance_matrix");
+    // SmolLM2 (GQA 3:1, tied): attention at base precision, tied head at 6 bits, group 64.
+    let s = load("HuggingFaceTB__SmolLM2-135M-Instruct").recommend();
+    assert!(alloc(&s, "attention_k_v").is_none());
+    assert_eq!(alloc(&s, "embedding_and_output").unwrap().precision, Precision::Int6);
+    assert_eq!(s.group_size, 64);
+    // MoE: router kept at 16 bits, shared experts 8-bit where they exist, expert-balanced calibration.
+    let s = load("deepseek-ai__DeepSeek-V3").recommend();
+    assert_eq!(s.name, "Expert-aware mixed precision");
+    assert_eq!(alloc(&s, "router").unwrap().precision, Precision::F16);
+    assert_eq!(alloc(&s, "shared_experts").unwrap().precision, Precision::Int8);
+    assert_eq!(alloc(&s, "attention (MLA").unwrap().precision, Precision::Int8);
+    assert_eq!(s.calibration.method, "expert_balanced");
+    assert!(alloc(&load("mistralai__Mixtral-8x7B-v0.1").recommend(), "shared_experts").is_none());
+    // Hybrid: Mamba projections 8-bit, SSM state params f32, only attention layers cache KV.
+    let s = load("nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16").recommend();
+    assert_eq!(s.name, "Per-block-type quantization");
+    assert_eq!(alloc(&s, "mamba_in_out_proj").unwrap().precision, Precision::Int8);
+    assert_eq!(alloc(&s, "ssm_state_params").unwrap().precision, Precision::F32);
+    assert!(s.kv_cache.unwrap().contains("only the attention layers"));
+}
