@@ -47,10 +47,18 @@ impl<'a> Cfg<'a> {
     }
 
     pub fn str_list(&self, keys: &[&str]) -> Option<Vec<&'a str>> {
-        self.get(keys)?.as_array()?.iter().map(Value::as_str).collect()
+        self.get(keys)?
+            .as_array()?
+            .iter()
+            .map(Value::as_str)
+            .collect()
     }
 
     pub fn u64_list(&self, keys: &[&str]) -> Option<Vec<u64>> {
-        self.get(keys)?.as_array()?.iter().map(Value::as_u64).collect()
+        self.get(keys)?
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect()
     }
 }

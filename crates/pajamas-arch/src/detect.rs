@@ -93,10 +93,18 @@ pub fn detect(config: &Value) -> Result<ArchitectureInfo, DetectError> {
         return Ok(crate::encoders::detect_speech(root, &model_type));
     }
     if VISION_ENCODER_TYPES.contains(&model_type.as_str()) {
-        return Ok(crate::encoders::detect_vision(root, &model_type, Family::VisionEncoder));
+        return Ok(crate::encoders::detect_vision(
+            root,
+            &model_type,
+            Family::VisionEncoder,
+        ));
     }
     if VISION_DETECTOR_TYPES.contains(&model_type.as_str()) {
-        return Ok(crate::encoders::detect_vision(root, &model_type, Family::VisionDetector));
+        return Ok(crate::encoders::detect_vision(
+            root,
+            &model_type,
+            Family::VisionDetector,
+        ));
     }
     detect_decoder(root, &model_type)
 }
@@ -264,9 +272,10 @@ fn required(root: Cfg, model_type: &str) -> Result<(u64, u64, u64, u64), DetectE
 fn detect_decoder(outer: Cfg, outer_type: &str) -> Result<ArchitectureInfo, DetectError> {
     // Multimodal wrappers (Gemma 3 4B+, Mistral 3...) keep the language model in text_config.
     let (root, model_type) = match outer.obj("text_config") {
-        Some(tc) if !outer.has(&["num_hidden_layers", "n_layer"]) => {
-            (tc, tc.str(&["model_type"]).unwrap_or(outer_type).to_string())
-        }
+        Some(tc) if !outer.has(&["num_hidden_layers", "n_layer"]) => (
+            tc,
+            tc.str(&["model_type"]).unwrap_or(outer_type).to_string(),
+        ),
         _ => (outer, outer_type.to_string()),
     };
     let mt = model_type.as_str();
@@ -413,7 +422,8 @@ fn detect_decoder(outer: Cfg, outer_type: &str) -> Result<ArchitectureInfo, Dete
                 .filter(|(_, f)| **f == Ffn::Moe)
                 .map(|(i, _)| i as u64)
                 .collect();
-            let active = total - b.routed_experts + moe_layers.len() as u64 * m.per_token * routed_per_layer;
+            let active =
+                total - b.routed_experts + moe_layers.len() as u64 * m.per_token * routed_per_layer;
             let info = MoeInfo {
                 num_experts: m.experts,
                 experts_per_token: m.per_token,
@@ -538,13 +548,29 @@ fn detect_decoder(outer: Cfg, outer_type: &str) -> Result<ArchitectureInfo, Dete
     })
 }
 
-fn moe_spec(root: Cfg, mt: &str, intermediate: Option<u64>, h: u64, non_gated: bool) -> Option<MoeSpec> {
-    let experts = root.u64(&["num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"])?;
+fn moe_spec(
+    root: Cfg,
+    mt: &str,
+    intermediate: Option<u64>,
+    h: u64,
+    non_gated: bool,
+) -> Option<MoeSpec> {
+    let experts = root.u64(&[
+        "num_local_experts",
+        "num_experts",
+        "n_routed_experts",
+        "moe_num_experts",
+    ])?;
     if experts == 0 {
         return None;
     }
     let per_token = root
-        .u64(&["num_experts_per_tok", "experts_per_token", "num_experts_per_token", "moe_top_k"])
+        .u64(&[
+            "num_experts_per_tok",
+            "experts_per_token",
+            "num_experts_per_token",
+            "moe_top_k",
+        ])
         .unwrap_or(2);
     let expert_size = root
         .u64(&["moe_intermediate_size", "expert_intermediate_size"])
@@ -556,9 +582,14 @@ fn moe_spec(root: Cfg, mt: &str, intermediate: Option<u64>, h: u64, non_gated: b
         gated: !non_gated,
         bias: gpt_oss,
     };
-    let num_shared = root.u64(&["n_shared_experts", "num_shared_experts"]).unwrap_or(0);
+    let num_shared = root
+        .u64(&["n_shared_experts", "num_shared_experts"])
+        .unwrap_or(0);
     let (shared, shared_gate) = if let Some(s) = root
-        .u64(&["shared_expert_intermediate_size", "moe_shared_expert_intermediate_size"])
+        .u64(&[
+            "shared_expert_intermediate_size",
+            "moe_shared_expert_intermediate_size",
+        ])
         .filter(|s| *s > 0)
     {
         (
@@ -581,8 +612,15 @@ fn moe_spec(root: Cfg, mt: &str, intermediate: Option<u64>, h: u64, non_gated: b
     } else {
         (None, false)
     };
-    let num_shared = if shared.is_some() { num_shared.max(1) } else { 0 };
-    let sigmoid = root.str(&["scoring_func"]).map(|s| s == "sigmoid").unwrap_or(mt == "nemotron_h");
+    let num_shared = if shared.is_some() {
+        num_shared.max(1)
+    } else {
+        0
+    };
+    let sigmoid = root
+        .str(&["scoring_func"])
+        .map(|s| s == "sigmoid")
+        .unwrap_or(mt == "nemotron_h");
     let correction_bias = root.str(&["topk_method"]) == Some("noaux_tc") || mt == "nemotron_h";
     Some(MoeSpec {
         experts,
@@ -598,10 +636,16 @@ fn moe_spec(root: Cfg, mt: &str, intermediate: Option<u64>, h: u64, non_gated: b
         } else {
             RouterScoring::Softmax
         },
-        norm_topk_prob: root.bool(&["norm_topk_prob"]).unwrap_or(matches!(mt, "mixtral" | "gpt_oss")),
+        norm_topk_prob: root
+            .bool(&["norm_topk_prob"])
+            .unwrap_or(matches!(mt, "mixtral" | "gpt_oss")),
         leading_dense: root.u64(&["first_k_dense_replace"]).unwrap_or(0),
         interval: root
-            .u64(&["moe_layer_freq", "decoder_sparse_step", "moe_layer_interval"])
+            .u64(&[
+                "moe_layer_freq",
+                "decoder_sparse_step",
+                "moe_layer_interval",
+            ])
             .unwrap_or(1)
             .max(1),
     })
@@ -633,9 +677,9 @@ fn layer_ffn(root: Cfg, mt: &str, i: u64, moe: Option<&MoeSpec>) -> Ffn {
     }
     let is_moe = match mt {
         // Qwen MoE: layer i is sparse when (i + 1) % decoder_sparse_step == 0.
-        "qwen2_moe" | "qwen3_moe" => (i + 1) % m.interval == 0,
+        "qwen2_moe" | "qwen3_moe" => (i + 1).is_multiple_of(m.interval),
         // DeepSeek: i % moe_layer_freq == 0 after the leading dense layers.
-        _ => i % m.interval == 0,
+        _ => i.is_multiple_of(m.interval),
     };
     if is_moe {
         Ffn::Moe
@@ -669,7 +713,9 @@ fn layer_mixers(
         return Ok((mixers, Some("hybrid_override_pattern".into())));
     }
     if let Some(types) = root.str_list(&["layer_types", "layers_block_type"]) {
-        let has_mamba = types.iter().any(|t| t.contains("mamba") || *t == "linear_attention");
+        let has_mamba = types
+            .iter()
+            .any(|t| t.contains("mamba") || *t == "linear_attention");
         if has_mamba {
             if types.len() as u64 != n {
                 return Err(DetectError::Inconsistent {
@@ -693,7 +739,13 @@ fn layer_mixers(
     }
     if let Some(idx) = root.u64_list(&["attn_layer_indices"]) {
         let mixers = (0..n)
-            .map(|i| if idx.contains(&i) { Mixer::Attention } else { Mixer::Mamba })
+            .map(|i| {
+                if idx.contains(&i) {
+                    Mixer::Attention
+                } else {
+                    Mixer::Mamba
+                }
+            })
             .collect();
         return Ok((mixers, Some("attn_layer_indices".into())));
     }
@@ -716,7 +768,9 @@ fn mamba_spec(root: Cfg, h: u64) -> MambaSpec {
         None => expand * h,
     };
     let info = SsmInfo {
-        state_size: root.u64(&["mamba_d_state", "ssm_state_size", "state_size"]).unwrap_or(128),
+        state_size: root
+            .u64(&["mamba_d_state", "ssm_state_size", "state_size"])
+            .unwrap_or(128),
         conv_kernel: root.u64(&["mamba_d_conv", "conv_kernel"]).unwrap_or(4),
         num_heads: heads,
         head_dim: inner / heads.max(1),
@@ -725,13 +779,19 @@ fn mamba_spec(root: Cfg, h: u64) -> MambaSpec {
     };
     MambaSpec {
         info,
-        conv_bias: root.bool(&["mamba_conv_bias", "use_conv_bias"]).unwrap_or(true),
+        conv_bias: root
+            .bool(&["mamba_conv_bias", "use_conv_bias"])
+            .unwrap_or(true),
         proj_bias: root.bool(&["mamba_proj_bias", "use_bias"]).unwrap_or(false),
     }
 }
 
 /// Per-attention-layer spans where the config declares windows, and the window length.
-fn attention_spans(root: Cfg, mt: &str, attn_layers: &[u64]) -> (Option<Vec<AttentionSpan>>, Option<u64>) {
+fn attention_spans(
+    root: Cfg,
+    mt: &str,
+    attn_layers: &[u64],
+) -> (Option<Vec<AttentionSpan>>, Option<u64>) {
     let window = root.u64(&["sliding_window"]);
     if let Some(types) = root.str_list(&["layer_types"]) {
         if types.iter().any(|t| t.contains("sliding")) {
@@ -793,12 +853,18 @@ fn attention_spans(root: Cfg, mt: &str, attn_layers: &[u64]) -> (Option<Vec<Atte
             (Some(spans), Some(w))
         }
         // Mistral: one window for every layer.
-        None => (Some(vec![AttentionSpan::SlidingWindow; attn_layers.len()]), Some(w)),
+        None => (
+            Some(vec![AttentionSpan::SlidingWindow; attn_layers.len()]),
+            Some(w),
+        ),
     }
 }
 
 fn span_pattern(spans: &[AttentionSpan]) -> String {
-    let local = spans.iter().filter(|s| **s == AttentionSpan::SlidingWindow).count() as u64;
+    let local = spans
+        .iter()
+        .filter(|s| **s == AttentionSpan::SlidingWindow)
+        .count() as u64;
     let global = spans.len() as u64 - local;
     match (local, global) {
         (_, 0) => "all layers sliding-window".into(),

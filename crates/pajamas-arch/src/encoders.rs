@@ -46,7 +46,9 @@ fn vision_tower(c: Cfg, siglip: bool) -> Tower {
     let layers = c.u64(&["num_hidden_layers"]).unwrap_or(12);
     let heads = c.u64(&["num_attention_heads"]).unwrap_or(12);
     let ffn = c.u64(&["intermediate_size"]).unwrap_or(4 * h);
-    let p = c.u64(&["patch_size"]).unwrap_or(if siglip { 16 } else { 32 });
+    let p = c
+        .u64(&["patch_size"])
+        .unwrap_or(if siglip { 16 } else { 32 });
     let img = c.u64(&["image_size"]).unwrap_or(224);
     let ch = c.u64(&["num_channels"]).unwrap_or(3);
     let patches = (img / p) * (img / p);
@@ -56,7 +58,8 @@ fn vision_tower(c: Cfg, siglip: bool) -> Tower {
         embedding = ch * p * p * h + h + patches * h;
         if c.bool(&["vision_use_head"]).unwrap_or(true) {
             // attention-pooling head: probe, MHA (fused in_proj), LayerNorm, MLP
-            params += h + (3 * h * h + 3 * h) + (h * h + h) + 2 * h + (h * ffn + ffn) + (ffn * h + h);
+            params +=
+                h + (3 * h * h + 3 * h) + (h * h + h) + 2 * h + (h * ffn + ffn) + (ffn * h + h);
         }
     } else {
         embedding = h + ch * p * p * h + (patches + 1) * h;
@@ -79,7 +82,9 @@ fn text_tower(c: Cfg, siglip: bool) -> Tower {
     let heads = c.u64(&["num_attention_heads"]).unwrap_or(8);
     let ffn = c.u64(&["intermediate_size"]).unwrap_or(4 * h);
     let v = c.u64(&["vocab_size"]).unwrap_or(49408);
-    let pos = c.u64(&["max_position_embeddings"]).unwrap_or(if siglip { 64 } else { 77 });
+    let pos = c
+        .u64(&["max_position_embeddings"])
+        .unwrap_or(if siglip { 64 } else { 77 });
     let embedding = v * h + pos * h;
     let mut params = layers * encoder_layer(h, ffn, true) + 2 * h + embedding;
     if siglip {
@@ -97,7 +102,6 @@ fn text_tower(c: Cfg, siglip: bool) -> Tower {
 }
 
 fn base(
-    modality: Modality,
     model_type: &str,
     root: Cfg,
     family: Family,
@@ -107,6 +111,11 @@ fn base(
     known: bool,
 ) -> ArchitectureInfo {
     let total = b.total();
+    let modality = if family == Family::Speech {
+        Modality::Speech
+    } else {
+        Modality::Vision
+    };
     ArchitectureInfo {
         modality,
         model_type: model_type.to_string(),
@@ -164,7 +173,7 @@ pub(crate) fn detect_vision(root: Cfg, model_type: &str, family: Family) -> Arch
                 other: v.params + (t.params - t.embedding) + extra,
                 ..Default::default()
             };
-            base(Modality::Vision, model_type, root, family, &v, b, warnings, true)
+            base(model_type, root, family, &v, b, warnings, true)
         }
         "clip_vision_model" | "siglip_vision_model" | "siglip2_vision_model" => {
             let v = vision_tower(root, model_type != "clip_vision_model");
@@ -172,7 +181,7 @@ pub(crate) fn detect_vision(root: Cfg, model_type: &str, family: Family) -> Arch
                 other: v.params,
                 ..Default::default()
             };
-            base(Modality::Vision, model_type, root, family, &v, b, warnings, true)
+            base(model_type, root, family, &v, b, warnings, true)
         }
         _ => {
             // ViT-style stack: patch embedding with bias, [CLS] + position table, encoder
@@ -216,19 +225,23 @@ pub(crate) fn detect_vision(root: Cfg, model_type: &str, family: Family) -> Arch
                 other,
                 ..Default::default()
             };
-            base(Modality::Vision, model_type, root, family, &t, b, warnings, known)
+            base(model_type, root, family, &t, b, warnings, known)
         }
     }
 }
 
 pub(crate) fn detect_speech(root: Cfg, model_type: &str) -> ArchitectureInfo {
     let d = root.u64(&["d_model", "hidden_size"]).unwrap_or(384);
-    let enc_layers = root.u64(&["encoder_layers", "num_hidden_layers"]).unwrap_or(4);
+    let enc_layers = root
+        .u64(&["encoder_layers", "num_hidden_layers"])
+        .unwrap_or(4);
     let dec_layers = root.u64(&["decoder_layers"]).unwrap_or(0);
     let heads = root
         .u64(&["encoder_attention_heads", "num_attention_heads"])
         .unwrap_or(6);
-    let enc_ffn = root.u64(&["encoder_ffn_dim", "intermediate_size"]).unwrap_or(4 * d);
+    let enc_ffn = root
+        .u64(&["encoder_ffn_dim", "intermediate_size"])
+        .unwrap_or(4 * d);
     let dec_ffn = root.u64(&["decoder_ffn_dim"]).unwrap_or(4 * d);
     let mut warnings = Vec::new();
     let b = if model_type == "whisper" {
@@ -239,7 +252,8 @@ pub(crate) fn detect_speech(root: Cfg, model_type: &str) -> ArchitectureInfo {
         let stem = mel * d * 3 + d + d * d * 3 + d + src * d;
         let enc = enc_layers * encoder_layer(d, enc_ffn, false) + 2 * d;
         // decoder layers add cross-attention and its LayerNorm
-        let dec = dec_layers * (encoder_layer(d, dec_ffn, false) + 4 * d * d + 3 * d + 2 * d) + 2 * d;
+        let dec =
+            dec_layers * (encoder_layer(d, dec_ffn, false) + 4 * d * d + 3 * d + 2 * d) + 2 * d;
         ParamBreakdown {
             embedding: v * d,
             other: stem + enc + dec + tgt * d,
@@ -264,7 +278,6 @@ pub(crate) fn detect_speech(root: Cfg, model_type: &str) -> ArchitectureInfo {
         embedding: b.embedding,
     };
     base(
-        Modality::Speech,
         model_type,
         root,
         Family::Speech,

@@ -156,7 +156,9 @@ fn split_layer(name: &str) -> Option<(u32, &str)> {
             let at = offset + pos;
             let boundary = at == 0 || name.as_bytes()[at - 1] == b'.';
             let after = &name[at + marker.len()..];
-            let digits: &str = &after[..after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len())];
+            let digits: &str = &after[..after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len())];
             if boundary && !digits.is_empty() && after[digits.len()..].starts_with('.') {
                 return Some((digits.parse().ok()?, &after[digits.len() + 1..]));
             }
@@ -227,9 +229,11 @@ fn expert_role(leaf: &str) -> Role {
 
 fn layer_role(rest: &str, full: &str) -> Role {
     let leaf = last(rest);
-    let in_shared = rest.contains("shared_expert") || rest.contains("shared_mlp") || rest.contains("shexp");
+    let in_shared =
+        rest.contains("shared_expert") || rest.contains("shared_mlp") || rest.contains("shexp");
     let in_experts = rest.contains("experts") && !in_shared;
-    let encoderish = full.contains("vision") || full.contains("encoder.") || full.starts_with("vit.");
+    let encoderish =
+        full.contains("vision") || full.contains("encoder.") || full.starts_with("vit.");
     // GGUF names first: they are flat and unambiguous.
     let gguf = match rest {
         "attn_norm" => Some(Role::AttnNorm),
@@ -246,7 +250,11 @@ fn layer_role(rest: &str, full: &str) -> Role {
         "attn_q_b" => Some(Role::AttnQB),
         "attn_kv_a_mqa" => Some(Role::AttnKvA),
         "attn_kv_b" | "attn_k_b" | "attn_v_b" => Some(Role::AttnKvB),
-        "attn_q_a_norm" | "attn_kv_a_norm" | "attn_post_norm" | "ffn_post_norm" | "post_attention_norm"
+        "attn_q_a_norm"
+        | "attn_kv_a_norm"
+        | "attn_post_norm"
+        | "ffn_post_norm"
+        | "post_attention_norm"
         | "post_ffw_norm" => Some(Role::Norm),
         "ffn_gate" => Some(Role::FfnGate),
         "ffn_up" => Some(Role::FfnUp),
@@ -285,7 +293,11 @@ fn layer_role(rest: &str, full: &str) -> Role {
     }
     // Granite MoE keeps all experts stacked in `input_linear` (gate+up) and `output_linear`.
     if rest.contains("block_sparse_moe.") && matches!(leaf, "input_linear" | "output_linear") {
-        return if leaf == "input_linear" { Role::ExpertGateUp } else { Role::ExpertDown };
+        return if leaf == "input_linear" {
+            Role::ExpertGateUp
+        } else {
+            Role::ExpertDown
+        };
     }
     if in_experts {
         // Stacked experts: `mlp.experts.gate_up_proj`, `mlp.experts.down_proj`.
@@ -298,7 +310,11 @@ fn layer_role(rest: &str, full: &str) -> Role {
         };
     }
     if rest.contains("encoder_attn") {
-        return if leaf.contains("layer_norm") { Role::Norm } else { Role::CrossAttn };
+        return if leaf.contains("layer_norm") {
+            Role::Norm
+        } else {
+            Role::CrossAttn
+        };
     }
     // Mamba-2 mixers: `mamba.*` (Granite, Bamba) or `mixer.*` (Nemotron-H, Mamba-2).
     if rest.starts_with("mamba.") || rest.starts_with("mixer.") {
@@ -317,10 +333,22 @@ fn layer_role(rest: &str, full: &str) -> Role {
         }
     }
     match leaf {
-        "input_layernorm" | "attention_norm" | "ln_1" | "layer_norm1" | "layernorm_before" | "self_attn_layer_norm"
-        | "norm1" | "norm" => Role::AttnNorm,
-        "post_attention_layernorm" | "ffn_norm" | "ln_2" | "layer_norm2" | "layernorm_after" | "final_layer_norm"
-        | "norm2" | "pre_feedforward_layernorm" => Role::FfnNorm,
+        "input_layernorm"
+        | "attention_norm"
+        | "ln_1"
+        | "layer_norm1"
+        | "layernorm_before"
+        | "self_attn_layer_norm"
+        | "norm1"
+        | "norm" => Role::AttnNorm,
+        "post_attention_layernorm"
+        | "ffn_norm"
+        | "ln_2"
+        | "layer_norm2"
+        | "layernorm_after"
+        | "final_layer_norm"
+        | "norm2"
+        | "pre_feedforward_layernorm" => Role::FfnNorm,
         "post_feedforward_layernorm" | "q_a_layernorm" | "kv_a_layernorm" => Role::Norm,
         "q_proj" | "query" => Role::AttnQ,
         "k_proj" | "key" => Role::AttnK,
@@ -358,25 +386,52 @@ fn global_role(stem: &str) -> Role {
         "rope_freqs" => return Role::Unknown,
         _ => {}
     }
-    if stem.ends_with("embed_tokens") || stem.ends_with("wte") || stem == "backbone.embeddings" || stem.ends_with("token_embedding") || stem.ends_with("word_embeddings") || stem.ends_with("tok_embeddings") {
+    if stem.ends_with("embed_tokens")
+        || stem.ends_with("wte")
+        || stem == "backbone.embeddings"
+        || stem.ends_with("token_embedding")
+        || stem.ends_with("word_embeddings")
+        || stem.ends_with("tok_embeddings")
+    {
         return Role::TokenEmbedding;
     }
-    if stem.ends_with("embed_positions") || stem.ends_with("position_embedding") || stem.ends_with("position_embeddings") || stem.ends_with("wpe") || stem.ends_with("class_embedding") || stem.ends_with("cls_token") {
+    if stem.ends_with("embed_positions")
+        || stem.ends_with("position_embedding")
+        || stem.ends_with("position_embeddings")
+        || stem.ends_with("wpe")
+        || stem.ends_with("class_embedding")
+        || stem.ends_with("cls_token")
+    {
         return Role::PositionEmbedding;
     }
     if stem == "lm_head" || stem.ends_with(".lm_head") || stem == "proj_out" {
         return Role::OutputHead;
     }
-    if matches!(leaf, "norm" | "norm_f" | "ln_f" | "final_layernorm" | "final_norm") || stem.ends_with("model.norm") {
+    if matches!(
+        leaf,
+        "norm" | "norm_f" | "ln_f" | "final_layernorm" | "final_norm"
+    ) || stem.ends_with("model.norm")
+    {
         return Role::FinalNorm;
     }
-    if stem.contains("patch_embed") || matches!(leaf, "conv1" | "conv2") || stem.contains("patch_embedding") || stem.contains("projection") && stem.contains("embeddings") {
+    if stem.contains("patch_embed")
+        || matches!(leaf, "conv1" | "conv2")
+        || stem.contains("patch_embedding")
+        || stem.contains("projection") && stem.contains("embeddings")
+    {
         return Role::ConvStem;
     }
     if leaf.contains("layernorm") || leaf.contains("layer_norm") || leaf.contains("layrnorm") {
         return Role::Norm;
     }
-    if stem.contains("classifier") || stem.contains("bbox") || stem.contains("class_labels") || stem.contains("pooler") || stem.contains("head") || stem.contains("projection") || stem.contains("logit_") {
+    if stem.contains("classifier")
+        || stem.contains("bbox")
+        || stem.contains("class_labels")
+        || stem.contains("pooler")
+        || stem.contains("head")
+        || stem.contains("projection")
+        || stem.contains("logit_")
+    {
         return Role::TaskHead;
     }
     Role::Unknown
@@ -389,7 +444,11 @@ mod tests {
     fn check(cases: &[(&str, Role, Option<u32>, Option<u32>)]) {
         for (name, role, layer, expert) in cases {
             let r = classify(name, Some(61));
-            assert_eq!((r.role, r.layer, r.expert), (*role, *layer, *expert), "{name}");
+            assert_eq!(
+                (r.role, r.layer, r.expert),
+                (*role, *layer, *expert),
+                "{name}"
+            );
         }
     }
 
@@ -400,22 +459,90 @@ mod tests {
             ("model.embed_tokens.weight", TokenEmbedding, None, None),
             ("lm_head.weight", OutputHead, None, None),
             ("model.norm.weight", FinalNorm, None, None),
-            ("model.layers.0.input_layernorm.weight", AttnNorm, Some(0), None),
-            ("model.layers.0.post_attention_layernorm.weight", FfnNorm, Some(0), None),
-            ("model.layers.12.self_attn.q_proj.weight", AttnQ, Some(12), None),
-            ("model.layers.12.self_attn.k_proj.bias", AttnK, Some(12), None),
-            ("model.layers.12.self_attn.v_proj.weight", AttnV, Some(12), None),
-            ("model.layers.12.self_attn.o_proj.weight", AttnOutput, Some(12), None),
-            ("model.layers.3.self_attn.q_norm.weight", AttnQNorm, Some(3), None),
-            ("model.layers.3.self_attn.k_norm.weight", AttnKNorm, Some(3), None),
-            ("model.layers.3.mlp.gate_proj.weight", FfnGate, Some(3), None),
+            (
+                "model.layers.0.input_layernorm.weight",
+                AttnNorm,
+                Some(0),
+                None,
+            ),
+            (
+                "model.layers.0.post_attention_layernorm.weight",
+                FfnNorm,
+                Some(0),
+                None,
+            ),
+            (
+                "model.layers.12.self_attn.q_proj.weight",
+                AttnQ,
+                Some(12),
+                None,
+            ),
+            (
+                "model.layers.12.self_attn.k_proj.bias",
+                AttnK,
+                Some(12),
+                None,
+            ),
+            (
+                "model.layers.12.self_attn.v_proj.weight",
+                AttnV,
+                Some(12),
+                None,
+            ),
+            (
+                "model.layers.12.self_attn.o_proj.weight",
+                AttnOutput,
+                Some(12),
+                None,
+            ),
+            (
+                "model.layers.3.self_attn.q_norm.weight",
+                AttnQNorm,
+                Some(3),
+                None,
+            ),
+            (
+                "model.layers.3.self_attn.k_norm.weight",
+                AttnKNorm,
+                Some(3),
+                None,
+            ),
+            (
+                "model.layers.3.mlp.gate_proj.weight",
+                FfnGate,
+                Some(3),
+                None,
+            ),
             ("model.layers.3.mlp.up_proj.weight", FfnUp, Some(3), None),
-            ("model.layers.3.mlp.down_proj.weight", FfnDown, Some(3), None),
-            ("model.layers.3.pre_feedforward_layernorm.weight", FfnNorm, Some(3), None),
-            ("model.layers.3.post_feedforward_layernorm.weight", Norm, Some(3), None),
-            ("model.language_model.layers.5.self_attn.q_proj.weight", AttnQ, Some(5), None),
+            (
+                "model.layers.3.mlp.down_proj.weight",
+                FfnDown,
+                Some(3),
+                None,
+            ),
+            (
+                "model.layers.3.pre_feedforward_layernorm.weight",
+                FfnNorm,
+                Some(3),
+                None,
+            ),
+            (
+                "model.layers.3.post_feedforward_layernorm.weight",
+                Norm,
+                Some(3),
+                None,
+            ),
+            (
+                "model.language_model.layers.5.self_attn.q_proj.weight",
+                AttnQ,
+                Some(5),
+                None,
+            ),
         ]);
-        assert_eq!(classify("model.layers.1.self_attn.k_proj.bias", None).part, Part::Bias);
+        assert_eq!(
+            classify("model.layers.1.self_attn.k_proj.bias", None).part,
+            Part::Bias
+        );
     }
 
     #[test]
@@ -423,43 +550,169 @@ mod tests {
         use Role::*;
         check(&[
             // Mixtral
-            ("model.layers.7.block_sparse_moe.gate.weight", Router, Some(7), None),
-            ("model.layers.7.block_sparse_moe.experts.5.w1.weight", ExpertGate, Some(7), Some(5)),
-            ("model.layers.7.block_sparse_moe.experts.5.w2.weight", ExpertDown, Some(7), Some(5)),
-            ("model.layers.7.block_sparse_moe.experts.5.w3.weight", ExpertUp, Some(7), Some(5)),
+            (
+                "model.layers.7.block_sparse_moe.gate.weight",
+                Router,
+                Some(7),
+                None,
+            ),
+            (
+                "model.layers.7.block_sparse_moe.experts.5.w1.weight",
+                ExpertGate,
+                Some(7),
+                Some(5),
+            ),
+            (
+                "model.layers.7.block_sparse_moe.experts.5.w2.weight",
+                ExpertDown,
+                Some(7),
+                Some(5),
+            ),
+            (
+                "model.layers.7.block_sparse_moe.experts.5.w3.weight",
+                ExpertUp,
+                Some(7),
+                Some(5),
+            ),
             // Qwen3-MoE, per-expert and fused
             ("model.layers.2.mlp.gate.weight", Router, Some(2), None),
-            ("model.layers.2.mlp.experts.127.gate_proj.weight", ExpertGate, Some(2), Some(127)),
-            ("model.layers.2.mlp.experts.0.down_proj.weight", ExpertDown, Some(2), Some(0)),
-            ("model.layers.2.mlp.experts.gate_up_proj", ExpertGateUp, Some(2), None),
-            ("model.layers.2.mlp.experts.down_proj", ExpertDown, Some(2), None),
+            (
+                "model.layers.2.mlp.experts.127.gate_proj.weight",
+                ExpertGate,
+                Some(2),
+                Some(127),
+            ),
+            (
+                "model.layers.2.mlp.experts.0.down_proj.weight",
+                ExpertDown,
+                Some(2),
+                Some(0),
+            ),
+            (
+                "model.layers.2.mlp.experts.gate_up_proj",
+                ExpertGateUp,
+                Some(2),
+                None,
+            ),
+            (
+                "model.layers.2.mlp.experts.down_proj",
+                ExpertDown,
+                Some(2),
+                None,
+            ),
             // Qwen2-MoE shared expert
-            ("model.layers.1.mlp.shared_expert.gate_proj.weight", SharedExpertGate, Some(1), None),
-            ("model.layers.1.mlp.shared_expert.down_proj.weight", SharedExpertDown, Some(1), None),
-            ("model.layers.1.mlp.shared_expert_gate.weight", SharedExpertRouter, Some(1), None),
+            (
+                "model.layers.1.mlp.shared_expert.gate_proj.weight",
+                SharedExpertGate,
+                Some(1),
+                None,
+            ),
+            (
+                "model.layers.1.mlp.shared_expert.down_proj.weight",
+                SharedExpertDown,
+                Some(1),
+                None,
+            ),
+            (
+                "model.layers.1.mlp.shared_expert_gate.weight",
+                SharedExpertRouter,
+                Some(1),
+                None,
+            ),
             // DeepSeek-V3
-            ("model.layers.4.self_attn.q_a_proj.weight", AttnQA, Some(4), None),
-            ("model.layers.4.self_attn.q_a_layernorm.weight", Norm, Some(4), None),
-            ("model.layers.4.self_attn.q_b_proj.weight", AttnQB, Some(4), None),
-            ("model.layers.4.self_attn.kv_a_proj_with_mqa.weight", AttnKvA, Some(4), None),
-            ("model.layers.4.self_attn.kv_b_proj.weight", AttnKvB, Some(4), None),
-            ("model.layers.4.mlp.gate.e_score_correction_bias", RouterBias, Some(4), None),
-            ("model.layers.4.mlp.shared_experts.up_proj.weight", SharedExpertUp, Some(4), None),
-            ("model.layers.4.mlp.experts.255.up_proj.weight", ExpertUp, Some(4), Some(255)),
-            ("model.layers.4.mlp.experts.255.up_proj.weight_scale_inv", ExpertUp, Some(4), Some(255)),
-            ("model.layers.61.enorm.weight", NextTokenPrediction, Some(61), None),
+            (
+                "model.layers.4.self_attn.q_a_proj.weight",
+                AttnQA,
+                Some(4),
+                None,
+            ),
+            (
+                "model.layers.4.self_attn.q_a_layernorm.weight",
+                Norm,
+                Some(4),
+                None,
+            ),
+            (
+                "model.layers.4.self_attn.q_b_proj.weight",
+                AttnQB,
+                Some(4),
+                None,
+            ),
+            (
+                "model.layers.4.self_attn.kv_a_proj_with_mqa.weight",
+                AttnKvA,
+                Some(4),
+                None,
+            ),
+            (
+                "model.layers.4.self_attn.kv_b_proj.weight",
+                AttnKvB,
+                Some(4),
+                None,
+            ),
+            (
+                "model.layers.4.mlp.gate.e_score_correction_bias",
+                RouterBias,
+                Some(4),
+                None,
+            ),
+            (
+                "model.layers.4.mlp.shared_experts.up_proj.weight",
+                SharedExpertUp,
+                Some(4),
+                None,
+            ),
+            (
+                "model.layers.4.mlp.experts.255.up_proj.weight",
+                ExpertUp,
+                Some(4),
+                Some(255),
+            ),
+            (
+                "model.layers.4.mlp.experts.255.up_proj.weight_scale_inv",
+                ExpertUp,
+                Some(4),
+                Some(255),
+            ),
+            (
+                "model.layers.61.enorm.weight",
+                NextTokenPrediction,
+                Some(61),
+                None,
+            ),
             // GPT-OSS
             ("model.layers.0.self_attn.sinks", AttnSinks, Some(0), None),
             ("model.layers.0.mlp.router.weight", Router, Some(0), None),
             ("model.layers.0.mlp.router.bias", Router, Some(0), None),
-            ("model.layers.0.mlp.experts.gate_up_proj_blocks", ExpertGateUp, Some(0), None),
-            ("model.layers.0.mlp.experts.gate_up_proj_scales", ExpertGateUp, Some(0), None),
-            ("model.layers.0.mlp.experts.down_proj_bias", ExpertDown, Some(0), None),
+            (
+                "model.layers.0.mlp.experts.gate_up_proj_blocks",
+                ExpertGateUp,
+                Some(0),
+                None,
+            ),
+            (
+                "model.layers.0.mlp.experts.gate_up_proj_scales",
+                ExpertGateUp,
+                Some(0),
+                None,
+            ),
+            (
+                "model.layers.0.mlp.experts.down_proj_bias",
+                ExpertDown,
+                Some(0),
+                None,
+            ),
         ]);
-        let r = classify("model.layers.4.mlp.experts.255.up_proj.weight_scale_inv", None);
+        let r = classify(
+            "model.layers.4.mlp.experts.255.up_proj.weight_scale_inv",
+            None,
+        );
         assert_eq!(r.part, Part::Scale);
         assert!(r.keep_full_precision());
-        assert_eq!(classify("model.layers.0.mlp.experts.gate_up_proj_blocks", None).part, Part::Blocks);
+        assert_eq!(
+            classify("model.layers.0.mlp.experts.gate_up_proj_blocks", None).part,
+            Part::Blocks
+        );
     }
 
     #[test]
@@ -467,31 +720,106 @@ mod tests {
         use Role::*;
         check(&[
             // Granite 4.0-H
-            ("model.layers.0.mamba.in_proj.weight", SsmInProj, Some(0), None),
-            ("model.layers.0.mamba.conv1d.weight", SsmConv1d, Some(0), None),
+            (
+                "model.layers.0.mamba.in_proj.weight",
+                SsmInProj,
+                Some(0),
+                None,
+            ),
+            (
+                "model.layers.0.mamba.conv1d.weight",
+                SsmConv1d,
+                Some(0),
+                None,
+            ),
             ("model.layers.0.mamba.conv1d.bias", SsmConv1d, Some(0), None),
             ("model.layers.0.mamba.dt_bias", SsmDtBias, Some(0), None),
             ("model.layers.0.mamba.A_log", SsmALog, Some(0), None),
             ("model.layers.0.mamba.D", SsmD, Some(0), None),
             ("model.layers.0.mamba.norm.weight", SsmNorm, Some(0), None),
-            ("model.layers.0.mamba.out_proj.weight", SsmOutProj, Some(0), None),
-            ("model.layers.0.block_sparse_moe.router.layer.weight", Router, Some(0), None),
-            ("model.layers.0.block_sparse_moe.input_linear.weight", ExpertGateUp, Some(0), None),
-            ("model.layers.0.block_sparse_moe.output_linear.weight", ExpertDown, Some(0), None),
-            ("model.layers.0.shared_mlp.input_linear.weight", SharedExpertGateUp, Some(0), None),
-            ("model.layers.0.shared_mlp.output_linear.weight", SharedExpertDown, Some(0), None),
+            (
+                "model.layers.0.mamba.out_proj.weight",
+                SsmOutProj,
+                Some(0),
+                None,
+            ),
+            (
+                "model.layers.0.block_sparse_moe.router.layer.weight",
+                Router,
+                Some(0),
+                None,
+            ),
+            (
+                "model.layers.0.block_sparse_moe.input_linear.weight",
+                ExpertGateUp,
+                Some(0),
+                None,
+            ),
+            (
+                "model.layers.0.block_sparse_moe.output_linear.weight",
+                ExpertDown,
+                Some(0),
+                None,
+            ),
+            (
+                "model.layers.0.shared_mlp.input_linear.weight",
+                SharedExpertGateUp,
+                Some(0),
+                None,
+            ),
+            (
+                "model.layers.0.shared_mlp.output_linear.weight",
+                SharedExpertDown,
+                Some(0),
+                None,
+            ),
             // Nemotron-H
             ("backbone.embeddings.weight", TokenEmbedding, None, None),
             ("backbone.norm_f.weight", FinalNorm, None, None),
             ("backbone.layers.0.norm.weight", AttnNorm, Some(0), None),
-            ("backbone.layers.0.mixer.in_proj.weight", SsmInProj, Some(0), None),
-            ("backbone.layers.0.mixer.norm.weight", SsmNorm, Some(0), None),
-            ("backbone.layers.5.mixer.q_proj.weight", AttnQ, Some(5), None),
-            ("backbone.layers.5.mixer.o_proj.weight", AttnOutput, Some(5), None),
+            (
+                "backbone.layers.0.mixer.in_proj.weight",
+                SsmInProj,
+                Some(0),
+                None,
+            ),
+            (
+                "backbone.layers.0.mixer.norm.weight",
+                SsmNorm,
+                Some(0),
+                None,
+            ),
+            (
+                "backbone.layers.5.mixer.q_proj.weight",
+                AttnQ,
+                Some(5),
+                None,
+            ),
+            (
+                "backbone.layers.5.mixer.o_proj.weight",
+                AttnOutput,
+                Some(5),
+                None,
+            ),
             ("backbone.layers.1.mixer.gate.weight", Router, Some(1), None),
-            ("backbone.layers.1.mixer.gate.e_score_correction_bias", RouterBias, Some(1), None),
-            ("backbone.layers.1.mixer.experts.9.up_proj.weight", ExpertUp, Some(1), Some(9)),
-            ("backbone.layers.1.mixer.shared_experts.down_proj.weight", SharedExpertDown, Some(1), None),
+            (
+                "backbone.layers.1.mixer.gate.e_score_correction_bias",
+                RouterBias,
+                Some(1),
+                None,
+            ),
+            (
+                "backbone.layers.1.mixer.experts.9.up_proj.weight",
+                ExpertUp,
+                Some(1),
+                Some(9),
+            ),
+            (
+                "backbone.layers.1.mixer.shared_experts.down_proj.weight",
+                SharedExpertDown,
+                Some(1),
+                None,
+            ),
         ]);
         assert!(classify("model.layers.0.mamba.A_log", None).keep_full_precision());
         assert!(!classify("model.layers.0.mamba.in_proj.weight", None).keep_full_precision());
@@ -518,20 +846,80 @@ mod tests {
     fn encoder_names() {
         use Role::*;
         check(&[
-            ("vision_model.embeddings.patch_embedding.weight", ConvStem, None, None),
-            ("vision_model.encoder.layers.3.self_attn.q_proj.weight", AttnQ, Some(3), None),
-            ("vision_model.encoder.layers.3.mlp.fc1.weight", FfnUp, Some(3), None),
-            ("vision_model.encoder.layers.3.layer_norm2.weight", FfnNorm, Some(3), None),
-            ("vit.encoder.layer.0.attention.attention.query.weight", AttnQ, Some(0), None),
-            ("vit.encoder.layer.0.attention.output.dense.weight", AttnOutput, Some(0), None),
-            ("vit.encoder.layer.0.intermediate.dense.weight", FfnUp, Some(0), None),
-            ("vit.encoder.layer.0.output.dense.weight", FfnDown, Some(0), None),
+            (
+                "vision_model.embeddings.patch_embedding.weight",
+                ConvStem,
+                None,
+                None,
+            ),
+            (
+                "vision_model.encoder.layers.3.self_attn.q_proj.weight",
+                AttnQ,
+                Some(3),
+                None,
+            ),
+            (
+                "vision_model.encoder.layers.3.mlp.fc1.weight",
+                FfnUp,
+                Some(3),
+                None,
+            ),
+            (
+                "vision_model.encoder.layers.3.layer_norm2.weight",
+                FfnNorm,
+                Some(3),
+                None,
+            ),
+            (
+                "vit.encoder.layer.0.attention.attention.query.weight",
+                AttnQ,
+                Some(0),
+                None,
+            ),
+            (
+                "vit.encoder.layer.0.attention.output.dense.weight",
+                AttnOutput,
+                Some(0),
+                None,
+            ),
+            (
+                "vit.encoder.layer.0.intermediate.dense.weight",
+                FfnUp,
+                Some(0),
+                None,
+            ),
+            (
+                "vit.encoder.layer.0.output.dense.weight",
+                FfnDown,
+                Some(0),
+                None,
+            ),
             ("classifier.weight", TaskHead, None, None),
             ("model.encoder.conv1.weight", ConvStem, None, None),
-            ("model.decoder.layers.1.encoder_attn.k_proj.weight", CrossAttn, Some(1), None),
-            ("model.decoder.layers.1.encoder_attn_layer_norm.weight", Norm, Some(1), None),
-            ("model.encoder.embed_positions.weight", PositionEmbedding, None, None),
-            ("model.decoder.embed_tokens.weight", TokenEmbedding, None, None),
+            (
+                "model.decoder.layers.1.encoder_attn.k_proj.weight",
+                CrossAttn,
+                Some(1),
+                None,
+            ),
+            (
+                "model.decoder.layers.1.encoder_attn_layer_norm.weight",
+                Norm,
+                Some(1),
+                None,
+            ),
+            (
+                "model.encoder.embed_positions.weight",
+                PositionEmbedding,
+                None,
+                None,
+            ),
+            (
+                "model.decoder.embed_tokens.weight",
+                TokenEmbedding,
+                None,
+                None,
+            ),
         ]);
     }
 }

@@ -98,7 +98,8 @@ pub struct Strategy {
 /// llama.cpp's rule for which layers get more bits: the first and last eighth and every
 /// third layer between them.
 pub fn use_more_bits(i: u64, n: u64) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    // `i < n / 8` short-circuits before the subtraction could underflow.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 struct Builder {
@@ -106,7 +107,13 @@ struct Builder {
 }
 
 impl Builder {
-    fn add(&mut self, component: &str, precision: Precision, params: u64, reason: impl Into<String>) {
+    fn add(
+        &mut self,
+        component: &str,
+        precision: Precision,
+        params: u64,
+        reason: impl Into<String>,
+    ) {
         if params > 0 {
             self.allocs.push(Allocation {
                 component: component.into(),
@@ -137,20 +144,37 @@ impl ArchitectureInfo {
             Modality::Vision => {
                 name = "Layer-specific: INT8 backbone, higher-precision head".to_string();
                 s.add("backbone", Precision::Int8, b.total() - b.embedding, "convolution and transformer blocks tolerate 8-bit weights with per-channel scales");
-                s.add("text_embedding", Precision::Int8, b.embedding, "embedding lookups tolerate 8 bits");
+                s.add(
+                    "text_embedding",
+                    Precision::Int8,
+                    b.embedding,
+                    "embedding lookups tolerate 8 bits",
+                );
             }
             Modality::Speech => {
                 name = "Encoder-optimized INT8 with attention preservation".to_string();
                 let attn = attention_params(self);
                 s.add("attention", Precision::F16, attn, "attention over long audio frame sequences is where speech models lose accuracy; kept at 16 bits");
-                s.add("encoder_decoder_mlp_and_stem", Precision::Int8, b.total() - attn - b.embedding, "MLPs and the conv stem are robust at 8 bits");
-                s.add("token_embedding", Precision::Int8, b.embedding, "a lookup table, tied to the output projection");
+                s.add(
+                    "encoder_decoder_mlp_and_stem",
+                    Precision::Int8,
+                    b.total() - attn - b.embedding,
+                    "MLPs and the conv stem are robust at 8 bits",
+                );
+                s.add(
+                    "token_embedding",
+                    Precision::Int8,
+                    b.embedding,
+                    "a lookup table, tied to the output projection",
+                );
             }
             Modality::Llm => {
                 name = match self.family {
                     Family::Moe => "Expert-aware mixed precision",
                     Family::HybridMamba | Family::HybridMambaMoe => "Per-block-type quantization",
-                    _ if self.attention.as_ref().is_some_and(|a| a.gqa_ratio >= 2) => "GQA-aware mixed k-quant (W4A16)",
+                    _ if self.attention.as_ref().is_some_and(|a| a.gqa_ratio >= 2) => {
+                        "GQA-aware mixed k-quant (W4A16)"
+                    }
                     _ => "Mixed k-quant (W4A16)",
                 }
                 .to_string();
@@ -164,7 +188,11 @@ impl ArchitectureInfo {
             .iter()
             .map(|a| a.params as f64 * a.precision.bits_per_weight())
             .sum();
-        let bpw = if total == 0 { 16.0 } else { bits / total as f64 };
+        let bpw = if total == 0 {
+            16.0
+        } else {
+            bits / total as f64
+        };
         let (group_size, group_size_reason) = self.group_size();
         Strategy {
             name,
@@ -186,12 +214,32 @@ impl ArchitectureInfo {
         let b = &self.params.breakdown;
         let total = self.params.total;
         let n = self.num_layers;
-        s.add("norms", Precision::F32, b.norms, "1-D scales: negligible size, and quantizing them shifts every activation");
+        s.add(
+            "norms",
+            Precision::F32,
+            b.norms,
+            "1-D scales: negligible size, and quantizing them shifts every activation",
+        );
         if self.tie_word_embeddings {
-            s.add("embedding_and_output (tied)", Precision::Int6, b.embedding, "the tied matrix is also the output head, which decides every logit");
+            s.add(
+                "embedding_and_output (tied)",
+                Precision::Int6,
+                b.embedding,
+                "the tied matrix is also the output head, which decides every logit",
+            );
         } else {
-            s.add("token_embedding", Precision::Int4, b.embedding, "a lookup table: each row's error touches only its own token");
-            s.add("output_head", Precision::Int6, b.output, "the output head decides every logit; the most sensitive matrix");
+            s.add(
+                "token_embedding",
+                Precision::Int4,
+                b.embedding,
+                "a lookup table: each row's error touches only its own token",
+            );
+            s.add(
+                "output_head",
+                Precision::Int6,
+                b.output,
+                "the output head decides every logit; the most sensitive matrix",
+            );
         }
 
         // Attention.
@@ -211,9 +259,19 @@ impl ArchitectureInfo {
                     s.add("attention_k_v", Precision::Int6, kv, format!(
                         "GQA {}:1: each K/V head serves {} query heads, so its error is replicated {} times",
                         a.gqa_ratio, a.gqa_ratio, a.gqa_ratio));
-                    s.add("attention_q_o", Precision::Int4, b.attention - kv, "query/output projections are per-head: base precision");
+                    s.add(
+                        "attention_q_o",
+                        Precision::Int4,
+                        b.attention - kv,
+                        "query/output projections are per-head: base precision",
+                    );
                 } else {
-                    s.add("attention", Precision::Int4, b.attention, "MHA or low GQA ratio: K/V heads are not shared widely; base precision");
+                    s.add(
+                        "attention",
+                        Precision::Int4,
+                        b.attention,
+                        "MHA or low GQA ratio: K/V heads are not shared widely; base precision",
+                    );
                 }
             }
         }
@@ -224,37 +282,74 @@ impl ArchitectureInfo {
                 .filter(|i| self.moe.as_ref().is_none_or(|m| !m.moe_layers.contains(i)))
                 .collect();
             if self.moe.is_some() || self.family == Family::HybridMambaMoe {
-                s.add("dense_ffn (leading dense layers / shared MLPs)", Precision::Int8, b.dense_ffn, "dense FFNs run for every token in a sparse model: 8 bits");
+                s.add(
+                    "dense_ffn (leading dense layers / shared MLPs)",
+                    Precision::Int8,
+                    b.dense_ffn,
+                    "dense FFNs run for every token in a sparse model: 8 bits",
+                );
             } else {
-                let more = dense_layers.iter().filter(|&&i| use_more_bits(i, n)).count() as u64;
+                let more = dense_layers
+                    .iter()
+                    .filter(|&&i| use_more_bits(i, n))
+                    .count() as u64;
                 let down_more = b.dense_ffn / 3 * more / dense_layers.len().max(1) as u64;
                 s.add("ffn_down (first/last eighth, every third layer)", Precision::Int6, down_more, format!(
                     "{more} of {n} layers: ffn_down feeds the residual stream directly and its input has the largest outliers"));
-                s.add("ffn_gate_up_down (other)", Precision::Int4, b.dense_ffn - down_more, "the bulk of the weights: base precision");
+                s.add(
+                    "ffn_gate_up_down (other)",
+                    Precision::Int4,
+                    b.dense_ffn - down_more,
+                    "the bulk of the weights: base precision",
+                );
             }
         }
 
         // MoE.
         if let Some(m) = &self.moe {
             s.add("router", Precision::F16, b.router, "expert selection flips on small logit errors; routers are tiny (f32 in GGUF, 8-bit in MLX)");
-            s.add("shared_experts", Precision::Int8, b.shared_experts, "shared experts run for every token");
+            s.add(
+                "shared_experts",
+                Precision::Int8,
+                b.shared_experts,
+                "shared experts run for every token",
+            );
             let frequent = b.routed_experts / 5;
             let active = share(m.experts_per_token, m.num_experts);
             s.add("frequent_experts (top 20% by activation)", Precision::Int8, frequent, format!(
                 "the most-routed experts carry most tokens (each token uses {} of {} experts, {:.1}%); chosen by profiling calibration text",
                 m.experts_per_token, m.num_experts, 100.0 * active));
-            s.add("rare_experts (bottom 80%)", Precision::Int4, b.routed_experts - frequent, "rarely routed experts touch few tokens; sparse activation tolerates 4 bits");
+            s.add(
+                "rare_experts (bottom 80%)",
+                Precision::Int4,
+                b.routed_experts - frequent,
+                "rarely routed experts touch few tokens; sparse activation tolerates 4 bits",
+            );
         }
 
         // Mamba-2.
         if b.mamba_proj > 0 {
-            s.add("mamba_in_out_proj", Precision::Int8, b.mamba_proj, "the recurrent state accumulates projection error over every token of the sequence");
-            s.add("ssm_state_params (A, D, dt, conv1d, norm)", Precision::F32, b.ssm_params, "state-transition parameters set decay rates exponentially; kept exact");
+            s.add(
+                "mamba_in_out_proj",
+                Precision::Int8,
+                b.mamba_proj,
+                "the recurrent state accumulates projection error over every token of the sequence",
+            );
+            s.add(
+                "ssm_state_params (A, D, dt, conv1d, norm)",
+                Precision::F32,
+                b.ssm_params,
+                "state-transition parameters set decay rates exponentially; kept exact",
+            );
         }
     }
 
     fn group_size(&self) -> (u64, String) {
-        let preferred = if self.params.total >= 6_000_000_000 { 128 } else { 64 };
+        let preferred = if self.params.total >= 6_000_000_000 {
+            128
+        } else {
+            64
+        };
         let mut dims = vec![self.hidden_size];
         dims.extend(self.intermediate_size);
         if let Some(m) = &self.moe {
@@ -264,7 +359,10 @@ impl ArchitectureInfo {
             if g <= preferred && dims.iter().all(|d| d % g == 0) {
                 let why = if g == preferred {
                     if preferred == 128 {
-                        format!("{:.1}B parameters: group 128 keeps scale overhead low at this size", self.params.total as f64 / 1e9)
+                        format!(
+                            "{:.1}B parameters: group 128 keeps scale overhead low at this size",
+                            self.params.total as f64 / 1e9
+                        )
                     } else {
                         "under 6B parameters: group 64 for accuracy".to_string()
                     }
@@ -335,12 +433,22 @@ impl ArchitectureInfo {
             ));
         }
         let per_token = a.num_layers * 2 * a.num_kv_heads * a.head_dim * 2;
-        let mut text = format!("{} KiB per token at f16 over {} attention layers", per_token as f64 / 1024.0, a.num_layers);
+        let mut text = format!(
+            "{} KiB per token at f16 over {} attention layers",
+            per_token as f64 / 1024.0,
+            a.num_layers
+        );
         if a.gqa_ratio > 1 {
-            text += &format!("; GQA {}:1 already makes it {}x smaller than MHA", a.gqa_ratio, a.gqa_ratio);
+            text += &format!(
+                "; GQA {}:1 already makes it {}x smaller than MHA",
+                a.gqa_ratio, a.gqa_ratio
+            );
         }
         if self.hybrid.is_some() {
-            text += &format!("; only the attention layers keep a KV cache ({} of {})", a.num_layers, self.num_layers);
+            text += &format!(
+                "; only the attention layers keep a KV cache ({} of {})",
+                a.num_layers, self.num_layers
+            );
         }
         if let Some(w) = a.sliding_window {
             text += &format!("; sliding-window layers cap theirs at {w} tokens");
@@ -353,7 +461,8 @@ fn attention_params(a: &ArchitectureInfo) -> u64 {
     match &a.attention {
         Some(att) => {
             let per_layer = 4 * a.hidden_size * a.hidden_size + 4 * a.hidden_size;
-            (att.num_layers * per_layer).min(a.params.breakdown.total() - a.params.breakdown.embedding)
+            (att.num_layers * per_layer)
+                .min(a.params.breakdown.total() - a.params.breakdown.embedding)
         }
         None => 0,
     }
@@ -378,6 +487,9 @@ mod tests {
     fn more_bits_matches_llama_cpp_rule() {
         let n = 32;
         let picked: Vec<u64> = (0..n).filter(|&i| use_more_bits(i, n)).collect();
-        assert_eq!(picked, vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]);
+        assert_eq!(
+            picked,
+            vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+        );
     }
 }

@@ -28,13 +28,23 @@ fn dense(folder: &str, total: u64, kind: AttentionKind, ratio: u64) -> Architect
 
 #[test]
 fn smollm2() {
-    let a = dense("HuggingFaceTB__SmolLM2-135M-Instruct", 134_515_008, AttentionKind::GroupedQuery, 3);
+    let a = dense(
+        "HuggingFaceTB__SmolLM2-135M-Instruct",
+        134_515_008,
+        AttentionKind::GroupedQuery,
+        3,
+    );
     assert!(a.tie_word_embeddings);
 }
 
 #[test]
 fn qwen25_7b() {
-    let a = dense("Qwen__Qwen2.5-7B-Instruct", 7_615_616_512, AttentionKind::GroupedQuery, 7);
+    let a = dense(
+        "Qwen__Qwen2.5-7B-Instruct",
+        7_615_616_512,
+        AttentionKind::GroupedQuery,
+        7,
+    );
     let att = a.attention.unwrap();
     assert!(att.qkv_bias);
     // declared but disabled
@@ -43,24 +53,52 @@ fn qwen25_7b() {
 
 #[test]
 fn qwen3_dense() {
-    let a = dense("Qwen__Qwen3-0.6B", 596_049_920, AttentionKind::GroupedQuery, 2);
+    let a = dense(
+        "Qwen__Qwen3-0.6B",
+        596_049_920,
+        AttentionKind::GroupedQuery,
+        2,
+    );
     assert!(a.attention.as_ref().unwrap().head_dim_explicit);
     assert!(a.attention.unwrap().qk_norm);
-    dense("Qwen__Qwen3-8B", 8_190_735_360, AttentionKind::GroupedQuery, 4);
+    dense(
+        "Qwen__Qwen3-8B",
+        8_190_735_360,
+        AttentionKind::GroupedQuery,
+        4,
+    );
 }
 
 #[test]
 fn llama31_and_mistral() {
-    dense("meta-llama__Meta-Llama-3.1-8B", 8_030_261_248, AttentionKind::GroupedQuery, 4);
-    let m = dense("mistralai__Mistral-7B-v0.1", 7_241_732_096, AttentionKind::GroupedQuery, 4);
+    dense(
+        "meta-llama__Meta-Llama-3.1-8B",
+        8_030_261_248,
+        AttentionKind::GroupedQuery,
+        4,
+    );
+    let m = dense(
+        "mistralai__Mistral-7B-v0.1",
+        7_241_732_096,
+        AttentionKind::GroupedQuery,
+        4,
+    );
     let att = m.attention.unwrap();
     assert_eq!(att.sliding_window, Some(4096));
-    assert_eq!(att.span_pattern.as_deref(), Some("all layers sliding-window"));
+    assert_eq!(
+        att.span_pattern.as_deref(),
+        Some("all layers sliding-window")
+    );
 }
 
 #[test]
 fn gemma3_local_global() {
-    let a = dense("google__gemma-3-1b-it", 999_885_952, AttentionKind::MultiQuery, 4);
+    let a = dense(
+        "google__gemma-3-1b-it",
+        999_885_952,
+        AttentionKind::MultiQuery,
+        4,
+    );
     assert!(a.tie_word_embeddings);
     let att = a.attention.unwrap();
     assert_eq!(att.head_dim, 256);
@@ -74,7 +112,10 @@ fn moe(folder: &str, total: u64, active: u64, active_wo_embd_approx: f64) -> Arc
     assert_eq!(a.params.total, total, "{folder} total");
     assert_eq!(a.params.active, active, "{folder} active");
     let excl = a.params.active_without_embedding as f64 / 1e9;
-    assert!((excl - active_wo_embd_approx).abs() < 0.0005, "{folder}: {excl}");
+    assert!(
+        (excl - active_wo_embd_approx).abs() < 0.0005,
+        "{folder}: {excl}"
+    );
     a
 }
 
@@ -83,7 +124,10 @@ fn qwen3_moe() {
     let a = moe("Qwen__Qwen3-30B-A3B", 30_532_122_624, 3_353_032_704, 3.042);
     assert_eq!(a.family, Family::Moe);
     let m = a.moe.unwrap();
-    assert_eq!((m.num_experts, m.experts_per_token, m.num_shared_experts), (128, 8, 0));
+    assert_eq!(
+        (m.num_experts, m.experts_per_token, m.num_shared_experts),
+        (128, 8, 0)
+    );
     assert_eq!(m.expert_ffn_size, 768);
     assert_eq!(m.moe_layers.len(), 48);
     assert_eq!(a.attention.unwrap().gqa_ratio, 8);
@@ -91,7 +135,12 @@ fn qwen3_moe() {
 
 #[test]
 fn mixtral() {
-    let a = moe("mistralai__Mixtral-8x7B-v0.1", 46_702_792_704, 12_879_925_248, 12.749);
+    let a = moe(
+        "mistralai__Mixtral-8x7B-v0.1",
+        46_702_792_704,
+        12_879_925_248,
+        12.749,
+    );
     let m = a.moe.unwrap();
     assert_eq!((m.num_experts, m.experts_per_token), (8, 2));
     assert_eq!(m.router_scoring, RouterScoring::Softmax);
@@ -100,12 +149,20 @@ fn mixtral() {
 
 #[test]
 fn deepseek_v3() {
-    let a = moe("deepseek-ai__DeepSeek-V3", 671_026_419_200, 37_552_297_472, 36.626);
+    let a = moe(
+        "deepseek-ai__DeepSeek-V3",
+        671_026_419_200,
+        37_552_297_472,
+        36.626,
+    );
     let att = a.attention.unwrap();
     assert_eq!(att.kind, AttentionKind::MultiHeadLatent);
     assert_eq!(att.mla.unwrap().kv_lora_rank, 512);
     let m = a.moe.unwrap();
-    assert_eq!((m.num_experts, m.experts_per_token, m.num_shared_experts), (256, 8, 1));
+    assert_eq!(
+        (m.num_experts, m.experts_per_token, m.num_shared_experts),
+        (256, 8, 1)
+    );
     assert_eq!(m.leading_dense_layers, 3);
     assert_eq!(m.router_scoring, RouterScoring::Sigmoid);
     assert!(m.router_correction_bias);
@@ -126,7 +183,12 @@ fn gpt_oss() {
 
 #[test]
 fn nemotron_h_hybrid_moe() {
-    let a = moe("nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", 31_577_940_288, 3_580_076_352, 3.228);
+    let a = moe(
+        "nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
+        31_577_940_288,
+        3_580_076_352,
+        3.228,
+    );
     assert_eq!(a.family, Family::HybridMambaMoe);
     let h = a.hybrid.unwrap();
     assert_eq!(h.mamba_layers.len(), 23);
@@ -137,8 +199,13 @@ fn nemotron_h_hybrid_moe() {
     assert_eq!(a.moe.unwrap().moe_layers.len(), 23);
 }
 
-fn alloc<'a>(s: &'a pajamas_arch::Strategy, prefix: &str) -> Option<&'a pajamas_arch::strategy::Allocation> {
-    s.precision_allocation.iter().find(|a| a.component.starts_with(prefix))
+fn alloc<'a>(
+    s: &'a pajamas_arch::Strategy,
+    prefix: &str,
+) -> Option<&'a pajamas_arch::strategy::Allocation> {
+    s.precision_allocation
+        .iter()
+        .find(|a| a.component.starts_with(prefix))
 }
 
 #[test]
@@ -161,32 +228,64 @@ fn strategies_follow_the_architecture() {
         let a = load(folder);
         let s = a.recommend();
         let allocated: u64 = s.precision_allocation.iter().map(|x| x.params).sum();
-        assert_eq!(allocated, a.params.total, "{folder}: every parameter allocated once");
-        assert!(s.expected.bits_per_weight > 4.0 && s.expected.bits_per_weight < 9.0, "{folder}: {}", s.expected.bits_per_weight);
-        assert!(s.group_size > 0 && a.hidden_size % s.group_size == 0, "{folder}");
+        assert_eq!(
+            allocated, a.params.total,
+            "{folder}: every parameter allocated once"
+        );
+        assert!(
+            s.expected.bits_per_weight > 4.0 && s.expected.bits_per_weight < 9.0,
+            "{folder}: {}",
+            s.expected.bits_per_weight
+        );
+        assert!(
+            s.group_size > 0 && a.hidden_size % s.group_size == 0,
+            "{folder}"
+        );
     }
     // Dense GQA 4:1: K/V get more bits; 8B -> group 128.
     let s = load("Qwen__Qwen3-8B").recommend();
-    assert_eq!(alloc(&s, "attention_k_v").unwrap().precision, Precision::Int6);
+    assert_eq!(
+        alloc(&s, "attention_k_v").unwrap().precision,
+        Precision::Int6
+    );
     assert_eq!(s.group_size, 128);
     assert_eq!(s.calibration.method, "importance_matrix");
     // SmolLM2 (GQA 3:1, tied): attention at base precision, tied head at 6 bits, group 64.
     let s = load("HuggingFaceTB__SmolLM2-135M-Instruct").recommend();
     assert!(alloc(&s, "attention_k_v").is_none());
-    assert_eq!(alloc(&s, "embedding_and_output").unwrap().precision, Precision::Int6);
+    assert_eq!(
+        alloc(&s, "embedding_and_output").unwrap().precision,
+        Precision::Int6
+    );
     assert_eq!(s.group_size, 64);
     // MoE: router kept at 16 bits, shared experts 8-bit where they exist, expert-balanced calibration.
     let s = load("deepseek-ai__DeepSeek-V3").recommend();
     assert_eq!(s.name, "Expert-aware mixed precision");
     assert_eq!(alloc(&s, "router").unwrap().precision, Precision::F16);
-    assert_eq!(alloc(&s, "shared_experts").unwrap().precision, Precision::Int8);
-    assert_eq!(alloc(&s, "attention (MLA").unwrap().precision, Precision::Int8);
+    assert_eq!(
+        alloc(&s, "shared_experts").unwrap().precision,
+        Precision::Int8
+    );
+    assert_eq!(
+        alloc(&s, "attention (MLA").unwrap().precision,
+        Precision::Int8
+    );
     assert_eq!(s.calibration.method, "expert_balanced");
-    assert!(alloc(&load("mistralai__Mixtral-8x7B-v0.1").recommend(), "shared_experts").is_none());
+    assert!(alloc(
+        &load("mistralai__Mixtral-8x7B-v0.1").recommend(),
+        "shared_experts"
+    )
+    .is_none());
     // Hybrid: Mamba projections 8-bit, SSM state params f32, only attention layers cache KV.
     let s = load("nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16").recommend();
     assert_eq!(s.name, "Per-block-type quantization");
-    assert_eq!(alloc(&s, "mamba_in_out_proj").unwrap().precision, Precision::Int8);
-    assert_eq!(alloc(&s, "ssm_state_params").unwrap().precision, Precision::F32);
+    assert_eq!(
+        alloc(&s, "mamba_in_out_proj").unwrap().precision,
+        Precision::Int8
+    );
+    assert_eq!(
+        alloc(&s, "ssm_state_params").unwrap().precision,
+        Precision::F32
+    );
     assert!(s.kv_cache.unwrap().contains("only the attention layers"));
 }

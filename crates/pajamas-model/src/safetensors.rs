@@ -340,7 +340,7 @@ pub fn serialize(
         offset = end;
     }
     let mut json = serde_json::to_vec(&Value::Object(header)).expect("plain JSON");
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len() + offset as usize);
