@@ -334,8 +334,14 @@ fn detect_decoder(outer: Cfg, outer_type: &str) -> Result<ArchitectureInfo, Dete
         || root
             .str(&["mlp_hidden_act", "hidden_act"])
             .is_some_and(|a| a == "relu2");
+    // Granite 4.0-H runs a "shared MLP" in every layer: beside the experts it is a shared
+    // expert; in the dense variants it is the FFN.
+    let granite_shared = matches!(mt, "granitemoehybrid" | "granitemoeshared")
+        .then(|| root.u64(&["shared_intermediate_size"]))
+        .flatten()
+        .filter(|s| *s > 0);
     let dense = MlpSpec {
-        size: intermediate.unwrap_or(4 * h),
+        size: granite_shared.or(intermediate).unwrap_or(4 * h),
         gated: !non_gated,
         bias: mlp_bias,
     };
@@ -396,21 +402,6 @@ fn detect_decoder(outer: Cfg, outer_type: &str) -> Result<ArchitectureInfo, Dete
                 }
             }
             Ffn::None => {}
-        }
-        // Granite hybrids run a shared MLP beside the MoE in every layer.
-        if mt == "granitemoehybrid" || mt == "granitemoeshared" {
-            if let Some(size) = root.u64(&["shared_intermediate_size"]).filter(|s| *s > 0) {
-                let s = MlpSpec {
-                    size,
-                    gated: true,
-                    bias: false,
-                };
-                if *ffn == Ffn::Moe {
-                    b.shared_experts += s.params(h);
-                } else {
-                    b.dense_ffn += s.params(h);
-                }
-            }
         }
     }
     let total = b.total();
@@ -589,6 +580,7 @@ fn moe_spec(
         .u64(&[
             "shared_expert_intermediate_size",
             "moe_shared_expert_intermediate_size",
+            "shared_intermediate_size",
         ])
         .filter(|s| *s > 0)
     {
@@ -661,11 +653,7 @@ fn layer_ffn(root: Cfg, mt: &str, i: u64, moe: Option<&MoeSpec>) -> Ffn {
         };
     }
     let Some(m) = moe else {
-        return if mt == "granitemoehybrid" || mt == "granitemoeshared" {
-            Ffn::None // the shared MLP is counted separately
-        } else {
-            Ffn::Dense
-        };
+        return Ffn::Dense;
     };
     if let Some(only) = root.u64_list(&["mlp_only_layers"]) {
         if only.contains(&i) {
