@@ -297,7 +297,8 @@ fn strategies_follow_the_architecture() {
 fn extra_configs_match_transformers() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/configs-extra");
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(root.join("expected.json")).unwrap())
+            .unwrap();
     let expected = expected.as_object().unwrap();
     assert_eq!(expected.len(), 7);
     for (folder, want) in expected {
@@ -316,7 +317,10 @@ fn extra_configs_match_transformers() {
     assert_eq!(h.attention_layers, vec![5, 15, 25, 35]);
     assert_eq!(h.source_key, "layer_types");
     let m = small.moe.as_ref().unwrap();
-    assert_eq!((m.num_experts, m.experts_per_token, m.num_shared_experts), (72, 10, 1));
+    assert_eq!(
+        (m.num_experts, m.experts_per_token, m.num_shared_experts),
+        (72, 10, 1)
+    );
     assert_eq!(m.shared_expert_ffn_size, Some(1536));
     // Published: 32B total, 9B active.
     assert_eq!((small.params.total as f64 / 1e9).round(), 32.0);
@@ -324,4 +328,77 @@ fn extra_configs_match_transformers() {
     let micro = granite("ibm-granite__granite-4.0-h-micro");
     assert_eq!(micro.family, Family::HybridMamba);
     assert!(micro.moe.is_none());
+}
+
+#[test]
+fn unknown_model_type_best_effort_or_clear_error() {
+    let cfg = serde_json::json!({
+        "model_type": "brand_new_lm", "hidden_size": 256, "num_hidden_layers": 2,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000,
+        "intermediate_size": 512
+    });
+    let a = detect(&cfg).unwrap();
+    assert!(!a.known_model_type);
+    assert_eq!(a.family, Family::DenseDecoder);
+    assert_eq!(a.attention.as_ref().unwrap().gqa_ratio, 4);
+    assert!(a.warnings[0].contains("brand_new_lm"));
+    // llama-style count: embeddings + head + 2 x (attention + MLP + 2 norms) + final norm
+    let layer = 256 * 256 * 2 + 256 * 64 * 2 + 3 * 256 * 512 + 2 * 256;
+    assert_eq!(a.params.total, 2 * 1000 * 256 + 2 * layer + 256);
+
+    let bad = serde_json::json!({"model_type": "mystery", "hidden_size": 64});
+    let e = detect(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("mystery")
+            && e.contains("num_hidden_layers")
+            && e.contains("num_attention_heads")
+            && e.contains("vocab_size"),
+        "{e}"
+    );
+    assert!(
+        e.contains("lacks num_hidden_layers, num_attention_heads, vocab_size"),
+        "{e}"
+    );
+
+    let inconsistent = serde_json::json!({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 6, "num_key_value_heads": 4, "vocab_size": 10});
+    assert!(detect(&inconsistent)
+        .unwrap_err()
+        .to_string()
+        .contains("num_key_value_heads"));
+}
+
+#[test]
+fn encoders_are_recognised() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/configs-extra");
+    let load = |name: &str| {
+        let text = std::fs::read_to_string(root.join(name).join("config.json")).unwrap();
+        detect(&serde_json::from_str(&text).unwrap()).unwrap()
+    };
+    let w = load("openai__whisper-tiny");
+    assert_eq!(
+        (w.modality, w.family),
+        (pajamas_arch::Modality::Speech, Family::Speech)
+    );
+    assert_eq!(w.num_layers, 8);
+    for v in [
+        "google__vit-base-patch16-224",
+        "openai__clip-vit-base-patch32",
+        "google__siglip-base-patch16-224",
+    ] {
+        let a = load(v);
+        assert_eq!(
+            (a.modality, a.family),
+            (pajamas_arch::Modality::Vision, Family::VisionEncoder),
+            "{v}"
+        );
+        assert_eq!(a.recommend().calibration.method, "activation_ranges");
+    }
+    let det = detect(
+        &serde_json::json!({"model_type": "yolos", "hidden_size": 192, "num_hidden_layers": 12,
+        "num_attention_heads": 3, "intermediate_size": 768}),
+    )
+    .unwrap();
+    assert_eq!(det.family, Family::VisionDetector);
+    assert!(!det.warnings.is_empty());
 }
