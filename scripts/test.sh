@@ -16,9 +16,12 @@ cargo test --workspace --quiet
 
 echo "== oracle environment"
 PY=$(bash scripts/setup_python.sh | tail -n1)
+bash scripts/setup_llama_cpp.sh "$PY"
 SMOLLM2=$("$PY" scripts/fetch_smollm2.py | tail -n1)
-cargo build --quiet --bin llama-pajamas-quant
+# The binary and the dev tools under examples/ that the oracle tests drive.
+cargo build --quiet --workspace --bins --examples
 
 echo "== oracle tests (pytest)"
-LLAMA_PAJAMAS_BIN="$PWD/target/debug/llama-pajamas-quant" SMOLLM2_DIR="$SMOLLM2" \
+LLAMA_PAJAMAS_BIN="$PWD/target/debug/llama-pajamas-quant" PAJAMAS_EXAMPLES="$PWD/target/debug/examples" \
+    SMOLLM2_DIR="$SMOLLM2" \
     "$PY" -m pytest tests/oracle -q -p no:cacheprovider ${PYTEST_ARGS:-}
