@@ -1,0 +1,796 @@
+//! The GGUF plan: a ggml type and a reason for every tensor.
+//!
+//! Two rule sets:
+//! - [`Rules::LlamaCpp`]: llama-quantize's stock mix (`llama_tensor_get_type`), rebuilt
+//!   from its published behaviour so that `--rules llama.cpp` gives the same per-tensor
+//!   types as llama-quantize on the same model.
+//! - [`Rules::ArchitectureAware`] (default): the stock mix, then our rules driven by the
+//!   detected architecture (GQA ratio, MoE layout, hybrid blocks), each with its reason.
+//!
+//! User overrides (`--tensor-type`, `--output-tensor-type`, `--token-embedding-type`,
+//! `--pure`, `--leave-output-tensor`) are applied here and nowhere else.
+
+use pajamas_arch::{classify, ArchitectureInfo, Role, TensorRole};
+use pajamas_quant::GgmlType;
+use regex::Regex;
+use serde::Serialize;
+
+use crate::ftype::Ftype;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rules {
+    /// llama-quantize's stock per-tensor mix.
+    #[serde(rename = "llama.cpp-compatible")]
+    LlamaCpp,
+    /// Stock mix plus our architecture-driven rules.
+    ArchitectureAware,
+}
+
+impl Rules {
+    pub fn from_name(s: &str) -> Option<Rules> {
+        match s {
+            "llama.cpp" | "llama.cpp-compatible" | "llama-cpp" | "compat" => Some(Rules::LlamaCpp),
+            "architecture-aware" | "arch" | "default" => Some(Rules::ArchitectureAware),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Rules::LlamaCpp => "llama.cpp-compatible",
+            Rules::ArchitectureAware => "architecture-aware",
+        }
+    }
+}
+
+/// A tensor to plan, by its GGUF name and GGUF dims (innermost first).
+#[derive(Debug, Clone)]
+pub struct PlanInput {
+    pub name: String,
+    pub ne: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--tensor-type REGEX=TYPE`, first match wins.
+    pub tensor_types: Vec<(Regex, GgmlType)>,
+    pub output_tensor_type: Option<GgmlType>,
+    pub token_embedding_type: Option<GgmlType>,
+    pub pure: bool,
+    pub leave_output_tensor: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedTensor {
+    pub name: String,
+    pub ne: Vec<u64>,
+    #[serde(serialize_with = "ser_type")]
+    pub ty: GgmlType,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+fn ser_type<S: serde::Serializer>(t: &GgmlType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(t.name())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GgufPlan {
+    pub ftype: Ftype,
+    pub rules: Rules,
+    pub tensors: Vec<PlannedTensor>,
+}
+
+impl GgufPlan {
+    /// Bytes of tensor data (the file adds metadata and alignment padding).
+    pub fn tensor_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes).sum()
+    }
+
+    pub fn elements(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|t| t.ne.iter().product::<u64>())
+            .sum()
+    }
+
+    /// Bits per weight over all tensors.
+    pub fn bits_per_weight(&self) -> f64 {
+        self.tensor_bytes() as f64 * 8.0 / self.elements().max(1) as f64
+    }
+
+    pub fn get(&self, name: &str) -> Option<&PlannedTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("tensor '{tensor}': {ty} needs rows that are a multiple of {block}, and no fallback type fits {ne0} columns")]
+    NoFallback {
+        tensor: String,
+        ty: GgmlType,
+        block: usize,
+        ne0: u64,
+    },
+}
+
+/// What llama.cpp calls the broad category of a tensor (from its GGUF name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Category {
+    TokenEmbd,
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnQkv,
+    AttnKvB,
+    AttnOutput,
+    FfnUp,
+    FfnGate,
+    FfnDown,
+    Output,
+    Other,
+}
+
+fn category(name: &str) -> Category {
+    if name == "output.weight" {
+        return Category::Output;
+    }
+    if name == "token_embd.weight" {
+        return Category::TokenEmbd;
+    }
+    for (pat, c) in [
+        ("attn_qkv.weight", Category::AttnQkv),
+        ("attn_kv_b.weight", Category::AttnKvB),
+        ("attn_v.weight", Category::AttnV),
+        ("attn_k.weight", Category::AttnK),
+        ("attn_q.weight", Category::AttnQ),
+        ("attn_output.weight", Category::AttnOutput),
+        ("ffn_up", Category::FfnUp),
+        ("ffn_gate", Category::FfnGate),
+        ("ffn_down", Category::FfnDown),
+    ] {
+        if name.contains(pat) {
+            return c;
+        }
+    }
+    Category::Other
+}
+
+fn is_attn_v_like(c: Category) -> bool {
+    matches!(c, Category::AttnV | Category::AttnQkv | Category::AttnKvB)
+}
+
+/// llama.cpp's rule for which layers get more bits: the first and last eighth and every
+/// third layer in between.
+pub fn use_more_bits(i: i64, n: i64) -> bool {
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+/// Whether llama-quantize would quantize this tensor at all.
+fn allows_quantization(name: &str, ne: &[u64], overrides: &Overrides) -> bool {
+    ne.len() >= 2
+        && name.ends_with("weight")
+        && !name.contains("_norm.weight")
+        && !(overrides.leave_output_tensor && name == "output.weight")
+        && !name.contains("ffn_gate_inp.weight")
+        && !name.contains("ssm_conv1d")
+        && name != "position_embd.weight"
+        && name != "token_types.weight"
+}
+
+/// The type a tensor keeps when it is not quantized: F32 for 1-D tensors, norms and the
+/// small tensors converters keep in full precision, else the file's float type.
+fn unquantized_type(role: &TensorRole, ne: &[u64], ftype: Ftype) -> GgmlType {
+    if ne.len() < 2 || role.keep_full_precision() || ftype == Ftype::F32 {
+        GgmlType::F32
+    } else if ftype == Ftype::BF16 {
+        GgmlType::BF16
+    } else {
+        GgmlType::F16
+    }
+}
+
+/// Model facts llama.cpp's rules consult.
+struct Hparams {
+    n_gqa: u64,
+    n_expert: u64,
+    n_layer: u64,
+    is_70b: bool,
+}
+
+struct Counters {
+    n_attention_wv: i64,
+    n_ffn_down: i64,
+    i_attention_wv: i64,
+    i_ffn_down: i64,
+}
+
+fn layer_of(name: &str) -> Option<i64> {
+    let rest = name.strip_prefix("blk.")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// Makes the plan for one GGUF file.
+pub fn plan_gguf(
+    tensors: &[PlanInput],
+    arch: &ArchitectureInfo,
+    ftype: Ftype,
+    rules: Rules,
+    overrides: &Overrides,
+    has_imatrix: bool,
+) -> Result<GgufPlan, PlanError> {
+    let hp = Hparams {
+        n_gqa: arch.attention.as_ref().map(|a| a.gqa_ratio).unwrap_or(1),
+        n_expert: arch.moe.as_ref().map(|m| m.num_experts).unwrap_or(0),
+        n_layer: arch.num_layers,
+        is_70b: arch.model_type == "llama" && arch.num_layers == 80,
+    };
+    let count = |f: &dyn Fn(Category) -> bool| {
+        tensors.iter().filter(|t| f(category(&t.name))).count() as i64
+    };
+    let mut c = Counters {
+        n_attention_wv: count(&|c| is_attn_v_like(c)),
+        n_ffn_down: count(&|c| c == Category::FfnDown),
+        i_attention_wv: 0,
+        i_ffn_down: 0,
+    };
+    let has_tied = !tensors.iter().any(|t| t.name == "output.weight");
+    let base = ftype.base_type();
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let role = classify(&t.name, Some(arch.num_layers as u32));
+        let cat = category(&t.name);
+        let (ty, reason) = if !allows_quantization(&t.name, &t.ne, overrides) {
+            let ty = unquantized_type(&role, &t.ne, ftype);
+            (
+                ty,
+                "never quantized: 1-D, norm, router or SSM conv (kept as converted)".to_string(),
+            )
+        } else if let (Some(ty), Category::TokenEmbd) = (overrides.token_embedding_type, cat) {
+            (ty, "--token-embedding-type".to_string())
+        } else if let (Some(ty), Category::Output) = (overrides.output_tensor_type, cat) {
+            (ty, "--output-tensor-type".to_string())
+        } else if !base.is_quantized() {
+            (base, format!("{ftype} file: every weight matrix in {base}"))
+        } else {
+            let manual = overrides
+                .tensor_types
+                .iter()
+                .find(|(re, _)| re.is_match(&t.name))
+                .map(|(re, ty)| (*ty, format!("--tensor-type {}={}", re.as_str(), ty)));
+            let (ty, reason) = match manual {
+                Some(m) => m,
+                None if overrides.pure => (base, format!("--pure: {base} everywhere")),
+                None => {
+                    let (ty, why) =
+                        stock_type(&mut c, &hp, t, cat, ftype, base, has_tied, has_imatrix);
+                    let stock = (ty, format!("llama.cpp {ftype}: {why}"));
+                    match rules {
+                        Rules::LlamaCpp => stock,
+                        Rules::ArchitectureAware => {
+                            architecture_rules(stock, arch, &role, cat, ftype)
+                        }
+                    }
+                }
+            };
+            fallback(&t.name, &t.ne, ty, reason)?
+        };
+        let rows: u64 = t.ne.iter().skip(1).product();
+        let bytes = ty.row_bytes(t.ne[0] as usize) as u64 * rows;
+        out.push(PlannedTensor {
+            name: t.name.clone(),
+            ne: t.ne.clone(),
+            ty,
+            bytes,
+            reason,
+        });
+    }
+    Ok(GgufPlan {
+        ftype,
+        rules,
+        tensors: out,
+    })
+}
+
+/// llama.cpp's fallback when a row is not a multiple of the type's block size.
+fn fallback(
+    name: &str,
+    ne: &[u64],
+    ty: GgmlType,
+    reason: String,
+) -> Result<(GgmlType, String), PlanError> {
+    let ne0 = ne[0];
+    if ne0 % ty.block_size() as u64 == 0 {
+        return Ok((ty, reason));
+    }
+    use GgmlType::*;
+    let alt = match ty {
+        IQ1_S | IQ1_M | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ4_XS => IQ4_NL,
+        Q2_K | Q3_K | TQ1_0 | TQ2_0 => Q4_0,
+        Q4_K => Q5_0,
+        Q5_K => Q5_1,
+        Q6_K => Q8_0,
+        _ => {
+            return Err(PlanError::NoFallback {
+                tensor: name.into(),
+                ty,
+                block: ty.block_size(),
+                ne0,
+            })
+        }
+    };
+    let alt = if ne0 % alt.block_size() as u64 != 0 {
+        F16
+    } else {
+        alt
+    };
+    Ok((
+        alt,
+        format!(
+            "{reason}; {ne0} columns not a multiple of {} -> fallback {alt}",
+            ty.block_size()
+        ),
+    ))
+}
+
+/// llama-quantize's per-tensor choice for a quantized ftype.
+#[allow(clippy::too_many_arguments)]
+fn stock_type(
+    c: &mut Counters,
+    hp: &Hparams,
+    t: &PlanInput,
+    cat: Category,
+    ftype: Ftype,
+    base: GgmlType,
+    has_tied: bool,
+    has_imatrix: bool,
+) -> (GgmlType, String) {
+    use Ftype as F;
+    use GgmlType as G;
+    let name = t.name.as_str();
+    // Experts are not laid out in layer order in every model: llama.cpp reads the layer
+    // from the name when the model has experts, else counts tensors.
+    let layer = |i: i64, n: i64| -> (i64, i64) {
+        if hp.n_expert > 1 {
+            (layer_of(name).unwrap_or(i), hp.n_layer as i64)
+        } else {
+            (i, n)
+        }
+    };
+    if cat == Category::Output || (has_tied && cat == Category::TokenEmbd) {
+        let what = if cat == Category::Output {
+            "output"
+        } else {
+            "tied token_embd (also the output)"
+        };
+        let nx = t.ne[0];
+        return if nx % base.block_size() as u64 != 0 {
+            (
+                G::Q8_0,
+                format!(
+                    "{what}: {nx} columns not a multiple of {} -> Q8_0",
+                    base.block_size()
+                ),
+            )
+        } else if base != G::Q8_0 {
+            (G::Q6_K, format!("{what} -> Q6_K"))
+        } else {
+            (base, format!("{what} stays {base}"))
+        };
+    }
+    match cat {
+        Category::TokenEmbd => (base, "token_embd at the base type".into()),
+        _ if is_attn_v_like(cat) => {
+            let i = c.i_attention_wv;
+            let n = c.n_attention_wv;
+            c.i_attention_wv += 1;
+            let (mut ty, mut why) = (base, format!("attn_v {i} of {n} at the base type"));
+            match ftype {
+                F::Q2_K => {
+                    ty = if hp.n_gqa >= 4 { G::Q4_K } else { G::Q3_K };
+                    why = format!("attn_v with GQA {} -> {ty}", hp.n_gqa);
+                }
+                F::Q3_K_M => {
+                    ty = if i < 2 { G::Q5_K } else { G::Q4_K };
+                    why = format!("attn_v {i}: first two Q5_K, others Q4_K");
+                }
+                F::Q3_K_L => {
+                    ty = G::Q5_K;
+                    why = "attn_v -> Q5_K".into();
+                }
+                F::Q4_K_M | F::Q5_K_M if use_more_bits(i, n) => {
+                    ty = G::Q6_K;
+                    why = format!("attn_v {i} of {n} is a use_more_bits layer -> Q6_K");
+                }
+                F::Q4_K_S if i < 4 => {
+                    ty = G::Q5_K;
+                    why = format!("attn_v {i} < 4 -> Q5_K");
+                }
+                _ => {}
+            }
+            if hp.is_70b && matches!(ty, G::Q3_K | G::Q4_K) {
+                ty = G::Q5_K;
+                why = "attn_v of a 70B model (8 heads share it) -> Q5_K".into();
+            }
+            if hp.n_expert == 8 {
+                ty = G::Q8_0;
+                why = "attn_v of an 8-expert model -> Q8_0".into();
+            }
+            (ty, why)
+        }
+        Category::AttnK if hp.n_expert == 8 => {
+            (G::Q8_0, "attn_k of an 8-expert model -> Q8_0".into())
+        }
+        Category::FfnDown => {
+            let (i, n) = layer(c.i_ffn_down, c.n_ffn_down);
+            c.i_ffn_down += 1;
+            let keep = (base, format!("ffn_down {i} of {n} at the base type"));
+            match ftype {
+                F::Q2_K => (G::Q3_K, "ffn_down -> Q3_K".into()),
+                F::Q3_K_M => {
+                    if i < n / 16 {
+                        (
+                            G::Q5_K,
+                            format!("ffn_down {i} in the first sixteenth -> Q5_K"),
+                        )
+                    } else {
+                        (G::Q4_K, format!("ffn_down {i} -> Q4_K"))
+                    }
+                }
+                F::Q3_K_L => (G::Q5_K, "ffn_down -> Q5_K".into()),
+                F::Q4_K_M | F::Q5_K_M if use_more_bits(i, n) => (
+                    G::Q6_K,
+                    format!("ffn_down {i} of {n} is a use_more_bits layer -> Q6_K"),
+                ),
+                F::Q4_K_S if i < n / 8 => {
+                    (G::Q5_K, format!("ffn_down {i} in the first eighth -> Q5_K"))
+                }
+                F::Q4_0 | F::Q5_0 if has_imatrix && i < n / 8 => {
+                    let ty = if ftype == F::Q4_0 { G::Q4_1 } else { G::Q5_1 };
+                    (
+                        ty,
+                        format!("ffn_down {i} in the first eighth with an imatrix -> {ty}"),
+                    )
+                }
+                _ => keep,
+            }
+        }
+        Category::AttnOutput => {
+            if hp.n_expert == 8 {
+                if matches!(
+                    ftype,
+                    F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M
+                ) {
+                    (G::Q5_K, "attn_output of an 8-expert model -> Q5_K".into())
+                } else {
+                    (base, "attn_output at the base type".into())
+                }
+            } else {
+                match ftype {
+                    F::Q2_K => (G::Q3_K, "attn_output -> Q3_K".into()),
+                    F::Q3_K_M => (G::Q4_K, "attn_output -> Q4_K".into()),
+                    F::Q3_K_L => (G::Q5_K, "attn_output -> Q5_K".into()),
+                    _ => (base, "attn_output at the base type".into()),
+                }
+            }
+        }
+        Category::FfnGate => (base, "ffn_gate at the base type".into()),
+        Category::FfnUp => (base, "ffn_up at the base type".into()),
+        _ => (base, "at the base type".into()),
+    }
+}
+
+/// One step up the precision ladder of the same family.
+fn bump(ty: GgmlType) -> GgmlType {
+    use GgmlType::*;
+    match ty {
+        Q2_K => Q3_K,
+        Q3_K => Q4_K,
+        Q4_K => Q5_K,
+        Q5_K => Q6_K,
+        Q6_K => Q8_0,
+        Q4_0 => Q5_0,
+        Q4_1 => Q5_1,
+        Q5_0 | Q5_1 => Q8_0,
+        other => other,
+    }
+}
+
+/// The better (more bits per weight) of two types.
+fn at_least(ty: GgmlType, floor: GgmlType) -> GgmlType {
+    if floor.bits_per_weight() > ty.bits_per_weight() {
+        floor
+    } else {
+        ty
+    }
+}
+
+/// Our rules, applied on top of the stock decision. Each returns its reason.
+fn architecture_rules(
+    stock: (GgmlType, String),
+    arch: &ArchitectureInfo,
+    role: &TensorRole,
+    cat: Category,
+    ftype: Ftype,
+) -> (GgmlType, String) {
+    let (ty, why) = stock;
+    let base = ftype.base_type();
+    let hi = at_least(bump(bump(base)), GgmlType::Q6_K);
+    let with = |new: GgmlType, rule: String| -> (GgmlType, String) {
+        if new != ty && new.bits_per_weight() > ty.bits_per_weight() {
+            (new, format!("{rule} ({why} -> {new})"))
+        } else {
+            (ty, why.clone())
+        }
+    };
+    // MoE: parts that run for every token are cheap relative to the experts.
+    if arch.moe.is_some() {
+        if matches!(
+            role.role,
+            Role::SharedExpertGate
+                | Role::SharedExpertUp
+                | Role::SharedExpertDown
+                | Role::SharedExpertGateUp
+        ) {
+            return with(
+                hi,
+                "architecture-aware: shared experts run for every token".into(),
+            );
+        }
+        if matches!(cat, Category::FfnGate | Category::FfnUp | Category::FfnDown)
+            && !role.is_expert()
+        {
+            return with(
+                hi,
+                "architecture-aware: dense FFN layers of an MoE model run for every token".into(),
+            );
+        }
+        if matches!(
+            cat,
+            Category::AttnQ
+                | Category::AttnK
+                | Category::AttnV
+                | Category::AttnOutput
+                | Category::AttnQkv
+                | Category::AttnKvB
+        ) || matches!(
+            role.role,
+            Role::AttnQA | Role::AttnQB | Role::AttnKvA | Role::AttnKvB
+        ) {
+            return with(hi, "architecture-aware: attention is a small share of an MoE model and runs for every token".into());
+        }
+    }
+    // GQA: attn_v is 1/ratio the size of attn_q and each KV head serves `ratio` query heads.
+    if let Some(a) = &arch.attention {
+        if a.gqa_ratio >= 4 && cat == Category::AttnV {
+            return with(
+                bump(base),
+                format!(
+                    "architecture-aware: GQA {}:1, each V head serves {} query heads",
+                    a.gqa_ratio, a.gqa_ratio
+                ),
+            );
+        }
+    }
+    (ty, why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama(
+        layers: u64,
+        h: u64,
+        kv: u64,
+        ff: u64,
+        tied: bool,
+    ) -> (ArchitectureInfo, Vec<PlanInput>) {
+        let cfg = serde_json::json!({
+            "model_type": "llama", "hidden_size": h, "num_hidden_layers": layers,
+            "num_attention_heads": h / 64, "num_key_value_heads": kv, "vocab_size": 1024,
+            "intermediate_size": ff, "tie_word_embeddings": tied
+        });
+        let arch = pajamas_arch::detect(&cfg).unwrap();
+        let mut t = vec![PlanInput {
+            name: "token_embd.weight".into(),
+            ne: vec![h, 1024],
+        }];
+        for i in 0..layers {
+            let kvd = kv * 64;
+            for (n, ne) in [
+                ("attn_norm.weight", vec![h]),
+                ("attn_q.weight", vec![h, h]),
+                ("attn_k.weight", vec![h, kvd]),
+                ("attn_v.weight", vec![h, kvd]),
+                ("attn_output.weight", vec![h, h]),
+                ("ffn_norm.weight", vec![h]),
+                ("ffn_gate.weight", vec![h, ff]),
+                ("ffn_up.weight", vec![h, ff]),
+                ("ffn_down.weight", vec![ff, h]),
+            ] {
+                t.push(PlanInput {
+                    name: format!("blk.{i}.{n}"),
+                    ne,
+                });
+            }
+        }
+        t.push(PlanInput {
+            name: "output_norm.weight".into(),
+            ne: vec![h],
+        });
+        if !tied {
+            t.push(PlanInput {
+                name: "output.weight".into(),
+                ne: vec![h, 1024],
+            });
+        }
+        (arch, t)
+    }
+
+    fn ty(p: &GgufPlan, name: &str) -> GgmlType {
+        p.get(name).unwrap().ty
+    }
+
+    #[test]
+    fn stock_q4_k_m() {
+        let (arch, t) = llama(32, 512, 2, 1024, false);
+        let p = plan_gguf(
+            &t,
+            &arch,
+            Ftype::Q4_K_M,
+            Rules::LlamaCpp,
+            &Overrides::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(ty(&p, "output.weight"), GgmlType::Q6_K);
+        assert_eq!(ty(&p, "token_embd.weight"), GgmlType::Q4_K);
+        assert_eq!(ty(&p, "blk.0.attn_norm.weight"), GgmlType::F32);
+        for i in 0..32 {
+            let more = use_more_bits(i, 32);
+            let want = if more { GgmlType::Q6_K } else { GgmlType::Q4_K };
+            assert_eq!(ty(&p, &format!("blk.{i}.attn_v.weight")), want, "{i}");
+            assert_eq!(ty(&p, &format!("blk.{i}.ffn_down.weight")), want, "{i}");
+            assert_eq!(ty(&p, &format!("blk.{i}.attn_q.weight")), GgmlType::Q4_K);
+        }
+    }
+
+    #[test]
+    fn tied_embeddings_and_fallback() {
+        // SmolLM2-like: 576 columns are not a multiple of 256.
+        let (arch, t) = llama(30, 576, 3, 1536, true);
+        let p = plan_gguf(
+            &t,
+            &arch,
+            Ftype::Q4_K_M,
+            Rules::LlamaCpp,
+            &Overrides::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            ty(&p, "token_embd.weight"),
+            GgmlType::Q8_0,
+            "tied: output rule, 576 % 256 != 0"
+        );
+        assert_eq!(ty(&p, "blk.5.attn_q.weight"), GgmlType::Q5_0);
+        assert_eq!(
+            ty(&p, "blk.0.ffn_down.weight"),
+            GgmlType::Q6_K,
+            "1536 columns are fine"
+        );
+        assert_eq!(
+            ty(&p, "blk.0.attn_v.weight"),
+            GgmlType::Q8_0,
+            "Q6_K falls back to Q8_0"
+        );
+        assert!(p
+            .get("blk.5.attn_q.weight")
+            .unwrap()
+            .reason
+            .contains("fallback"));
+    }
+
+    #[test]
+    fn q3_k_m_and_overrides() {
+        let (arch, t) = llama(32, 512, 8, 1024, false);
+        let p = plan_gguf(
+            &t,
+            &arch,
+            Ftype::Q3_K_M,
+            Rules::LlamaCpp,
+            &Overrides::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(ty(&p, "blk.0.attn_v.weight"), GgmlType::Q5_K);
+        assert_eq!(ty(&p, "blk.2.attn_v.weight"), GgmlType::Q4_K);
+        assert_eq!(ty(&p, "blk.1.ffn_down.weight"), GgmlType::Q5_K);
+        assert_eq!(ty(&p, "blk.2.ffn_down.weight"), GgmlType::Q4_K);
+        assert_eq!(ty(&p, "blk.2.attn_output.weight"), GgmlType::Q4_K);
+        assert_eq!(ty(&p, "blk.2.ffn_up.weight"), GgmlType::Q3_K);
+        let o = Overrides {
+            tensor_types: vec![(Regex::new("ffn_up").unwrap(), GgmlType::Q8_0)],
+            output_tensor_type: Some(GgmlType::F16),
+            ..Default::default()
+        };
+        let p = plan_gguf(&t, &arch, Ftype::Q3_K_M, Rules::LlamaCpp, &o, false).unwrap();
+        assert_eq!(ty(&p, "blk.2.ffn_up.weight"), GgmlType::Q8_0);
+        assert_eq!(ty(&p, "output.weight"), GgmlType::F16);
+        let pure = Overrides {
+            pure: true,
+            ..Default::default()
+        };
+        let p = plan_gguf(&t, &arch, Ftype::Q3_K_M, Rules::LlamaCpp, &pure, false).unwrap();
+        assert_eq!(ty(&p, "blk.0.attn_v.weight"), GgmlType::Q3_K);
+        assert_eq!(ty(&p, "output.weight"), GgmlType::Q3_K);
+        assert_eq!(ty(&p, "blk.0.attn_norm.weight"), GgmlType::F32);
+    }
+
+    #[test]
+    fn architecture_aware_gqa() {
+        let (arch, t) = llama(32, 512, 2, 1024, false); // GQA 4:1
+        let p = plan_gguf(
+            &t,
+            &arch,
+            Ftype::Q4_K_M,
+            Rules::ArchitectureAware,
+            &Overrides::default(),
+            false,
+        )
+        .unwrap();
+        let v = p.get("blk.4.attn_v.weight").unwrap();
+        assert_eq!(
+            v.ty,
+            GgmlType::Q5_K,
+            "not a use_more_bits layer: bumped one step"
+        );
+        assert!(v.reason.contains("GQA 4:1"));
+        assert_eq!(
+            ty(&p, "blk.0.attn_v.weight"),
+            GgmlType::Q6_K,
+            "stock already gives more"
+        );
+        let stock = plan_gguf(
+            &t,
+            &arch,
+            Ftype::Q4_K_M,
+            Rules::LlamaCpp,
+            &Overrides::default(),
+            false,
+        )
+        .unwrap();
+        assert!(p.tensor_bytes() > stock.tensor_bytes());
+        assert!(p.bits_per_weight() - stock.bits_per_weight() < 0.05);
+    }
+
+    #[test]
+    fn float_files() {
+        let (arch, t) = llama(2, 256, 2, 512, false);
+        let p = plan_gguf(
+            &t,
+            &arch,
+            Ftype::F16,
+            Rules::ArchitectureAware,
+            &Overrides::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(ty(&p, "blk.0.attn_q.weight"), GgmlType::F16);
+        assert_eq!(ty(&p, "output.weight"), GgmlType::F16);
+        assert_eq!(ty(&p, "blk.0.ffn_norm.weight"), GgmlType::F32);
+        let p = plan_gguf(
+            &t,
+            &arch,
+            Ftype::BF16,
+            Rules::ArchitectureAware,
+            &Overrides::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(ty(&p, "blk.0.attn_q.weight"), GgmlType::BF16);
+    }
+}

@@ -1,0 +1,8 @@
+//! The plan: for each output format, for each tensor, the target type and the rule that
+//! chose it. A plan is a value: printed by `--dry-run`, stored in the manifest, tested.
+
+pub mod ftype;
+pub mod gguf;
+
+pub use ftype::{Ftype, ALL_FTYPES};
+pub use gguf::{plan_gguf, GgufPlan, Overrides, PlanError, PlanInput, PlannedTensor, Rules};
