@@ -173,7 +173,7 @@ fn allows_quantization(name: &str, ne: &[u64], overrides: &Overrides) -> bool {
     ne.len() >= 2
         && name.ends_with("weight")
         && !name.contains("_norm.weight")
-        && !(overrides.leave_output_tensor && name == "output.weight")
+        && (!overrides.leave_output_tensor || name != "output.weight")
         && !name.contains("ffn_gate_inp.weight")
         && !name.contains("ssm_conv1d")
         && name != "position_embd.weight"
@@ -302,7 +302,7 @@ fn fallback(
     reason: String,
 ) -> Result<(GgmlType, String), PlanError> {
     let ne0 = ne[0];
-    if ne0 % ty.block_size() as u64 == 0 {
+    if ne0.is_multiple_of(ty.block_size() as u64) {
         return Ok((ty, reason));
     }
     use GgmlType::*;
@@ -321,7 +321,7 @@ fn fallback(
             })
         }
     };
-    let alt = if ne0 % alt.block_size() as u64 != 0 {
+    let alt = if !ne0.is_multiple_of(alt.block_size() as u64) {
         F16
     } else {
         alt
@@ -366,7 +366,7 @@ fn stock_type(
             "tied token_embd (also the output)"
         };
         let nx = t.ne[0];
-        return if nx % base.block_size() as u64 != 0 {
+        return if !nx.is_multiple_of(base.block_size() as u64) {
             (
                 G::Q8_0,
                 format!(
