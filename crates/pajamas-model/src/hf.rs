@@ -182,6 +182,16 @@ impl HfModel {
         self.shards[si].read_f32(name)
     }
 
+    /// One tensor read with a positioned read (no mmap) and decoded to f32; see
+    /// [`SafetensorsFile::read_f32_streaming`].
+    pub fn read_f32_streaming(&self, name: &str) -> Result<Vec<f32>> {
+        let &(si, _) = self.locations.get(name).ok_or_else(|| ModelError::NoSuchTensor {
+            model: self.dir.clone(),
+            tensor: name.to_string(),
+        })?;
+        self.shards[si].read_f32_streaming(name)
+    }
+
     /// Total header bytes read across shards (weights are never read by `open`).
     pub fn header_bytes_read(&self) -> u64 {
         self.shards

@@ -186,6 +186,39 @@ impl SafetensorsFile {
         Ok(TensorData { info, bytes })
     }
 
+    /// Reads tensor `name`'s bytes with a positioned read, without memory-mapping the
+    /// file. Used by streaming conversion so that resident memory holds one tensor at a
+    /// time instead of every page of the checkpoint touched so far.
+    pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let info = self.tensor(name).ok_or_else(|| ModelError::NoSuchTensor {
+            model: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let file = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+        let mut buf = vec![0u8; info.nbytes() as usize];
+        file.read_exact_at(&mut buf, self.data_start + info.data_offsets.0)
+            .map_err(|e| ModelError::io(&self.path, e))?;
+        Ok(buf)
+    }
+
+    /// Tensor `name` read (not mapped) and decoded to f32.
+    pub fn read_f32_streaming(&self, name: &str) -> Result<Vec<f32>> {
+        let info = self.tensor(name).ok_or_else(|| ModelError::NoSuchTensor {
+            model: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let bytes = self.read_bytes(name)?;
+        decode_f32(info.dtype, &bytes).ok_or_else(|| ModelError::Tensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            message: format!(
+                "dtype {} cannot be read as floating point yet (supported: F32, F16, BF16, F64)",
+                info.dtype
+            ),
+        })
+    }
+
     /// Tensor `name` decoded to f32, with an error that names the tensor when its dtype
     /// cannot be decoded.
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
@@ -399,6 +432,8 @@ mod tests {
         assert!(!f.is_mapped());
         assert_eq!(f.tensors().len(), 2);
         assert_eq!(f.tensor("a").unwrap().shape, vec![2, 2]);
+        assert_eq!(f.read_f32_streaming("b").unwrap(), vec![0.5, -1.0]);
+        assert!(!f.is_mapped());
         assert_eq!(f.read_f32("a").unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
         assert!(f.is_mapped());
         assert_eq!(f.read_f32("b").unwrap(), vec![0.5, -1.0]);
