@@ -18,10 +18,11 @@ echo "== oracle environment"
 PY=$(bash scripts/setup_python.sh | tail -n1)
 bash scripts/setup_llama_cpp.sh "$PY"
 SMOLLM2=$("$PY" scripts/fetch_smollm2.py | tail -n1)
-# The binary and the dev tools under examples/ that the oracle tests drive.
-cargo build --quiet --workspace --bins --examples
+# The binary and the dev tools under examples/ that the oracle tests drive (release:
+# the oracle tests quantize whole models).
+cargo build --quiet --release --workspace --bins --examples
 
 echo "== oracle tests (pytest)"
-LLAMA_PAJAMAS_BIN="$PWD/target/debug/llama-pajamas-quant" PAJAMAS_EXAMPLES="$PWD/target/debug/examples" \
+LLAMA_PAJAMAS_BIN="$PWD/target/release/llama-pajamas-quant" PAJAMAS_EXAMPLES="$PWD/target/release/examples" \
     SMOLLM2_DIR="$SMOLLM2" \
     "$PY" -m pytest tests/oracle -q -p no:cacheprovider ${PYTEST_ARGS:-}

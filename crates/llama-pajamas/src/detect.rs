@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use pajamas_arch::{classify, detect, ArchitectureInfo, Role, Strategy};
+use pajamas_convert::from_gguf::config_from_gguf;
+use pajamas_gguf::GgufFile;
 use pajamas_model::{locate, read_json, CacheEnv, HfModel, ModelError, ModelLocation};
 
 /// Version of the `detect --json` document; bumped only on incompatible changes.
@@ -63,10 +65,7 @@ pub fn detect_model(input: &str) -> Result<DetectReport> {
 pub fn detect_model_with_env(input: &str, env: &CacheEnv) -> Result<DetectReport> {
     let dir = match locate(input, env)? {
         ModelLocation::HfFolder(dir) => dir,
-        ModelLocation::Gguf(path) => bail!(
-            "{}: detecting GGUF files is not supported yet; pass the HuggingFace folder the GGUF was made from",
-            path.display()
-        ),
+        ModelLocation::Gguf(path) => return detect_gguf(input, path),
     };
     let (config, model) = match HfModel::open(&dir) {
         Ok(model) => (model.config().clone(), Some(model)),
@@ -98,6 +97,58 @@ pub fn detect_model_with_env(input: &str, env: &CacheEnv) -> Result<DetectReport
     })
 }
 
+/// Detection of a GGUF file, from its metadata and tensor list.
+fn detect_gguf(input: &str, path: PathBuf) -> Result<DetectReport> {
+    let file = GgufFile::open(&path)?;
+    let config = config_from_gguf(&file)
+        .ok_or_else(|| anyhow::anyhow!("{}: no general.architecture key; not a model GGUF", path.display()))?;
+    let architecture = detect(&config).with_context(|| format!("{}: metadata", path.display()))?;
+    let strategy = architecture.recommend();
+    let mut s = TensorSummary {
+        count: file.tensors().len(),
+        shards: 1,
+        params_in_checkpoint: 0,
+        dtypes: BTreeMap::new(),
+        by_role: BTreeMap::new(),
+        unrecognised: Vec::new(),
+        tensors: Vec::new(),
+    };
+    for t in file.tensors() {
+        let r = classify(&t.name, Some(architecture.num_layers as u32));
+        s.params_in_checkpoint += t.n_elements;
+        *s.dtypes.entry(t.ggml_type.name().to_string()).or_default() += 1;
+        *s.by_role.entry(role_name(r.role)).or_default() += 1;
+        if r.role == Role::Unknown && t.name != "rope_freqs.weight" {
+            s.unrecognised.push(t.name.clone());
+        }
+        s.tensors.push(TensorEntry {
+            name: t.name.clone(),
+            dtype: t.ggml_type.name().to_string(),
+            shape: t.dims.iter().rev().copied().collect(),
+            role: r.role,
+            layer: r.layer,
+            expert: r.expert,
+            keep_full_precision: r.keep_full_precision(),
+        });
+    }
+    Ok(DetectReport {
+        schema_version: DETECT_SCHEMA_VERSION,
+        input: input.to_string(),
+        path,
+        architecture,
+        strategy,
+        tensors: Some(s),
+        tokenizer_files: Vec::new(),
+    })
+}
+
+fn role_name(role: Role) -> String {
+    serde_json::to_value(role)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 fn summarise(model: &HfModel, arch: &ArchitectureInfo) -> TensorSummary {
     let mut s = TensorSummary {
         count: model.tensor_count(),
@@ -112,11 +163,7 @@ fn summarise(model: &HfModel, arch: &ArchitectureInfo) -> TensorSummary {
         let r = classify(&t.info.name, Some(arch.num_layers as u32));
         s.params_in_checkpoint += t.info.numel();
         *s.dtypes.entry(t.info.dtype.name().to_string()).or_default() += 1;
-        let role_name = serde_json::to_value(r.role)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        *s.by_role.entry(role_name).or_default() += 1;
+        *s.by_role.entry(role_name(r.role)).or_default() += 1;
         if r.role == Role::Unknown {
             s.unrecognised.push(t.info.name.clone());
         }

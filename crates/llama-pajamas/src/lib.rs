@@ -11,6 +11,8 @@
 //! ```
 
 pub mod detect;
+pub mod manifest;
+pub mod quantize;
 pub mod report;
 
 pub use detect::{detect_model, detect_model_with_env, DetectReport, TensorSummary};

@@ -233,3 +233,38 @@ mod tests {
         assert_eq!(grouped(999), "999");
     }
 }
+
+/// The `--dry-run` printout: per plan, each tensor with shape, type, bits and reason,
+/// then the predicted size. Tensors kept in full precision are listed with `verbose`.
+pub fn render_plans(plans: &[pajamas_plan::GgufPlan], verbose: bool) -> String {
+    let mut o = String::new();
+    for p in plans {
+        let _ = writeln!(o, "== GGUF {} ({} rules)", p.ftype, p.rules.name());
+        let _ = writeln!(o, "{:<36} {:>18} {:>7} {:>6}  reason", "tensor", "shape", "type", "bits");
+        for t in &p.tensors {
+            if !verbose && !t.ty.is_quantized() && t.ne.len() < 2 {
+                continue;
+            }
+            let shape = t.ne.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+            let _ = writeln!(
+                o,
+                "{:<36} {:>18} {:>7} {:>6.2}  {}",
+                t.name,
+                shape,
+                t.ty.name(),
+                t.ty.bits_per_weight(),
+                t.reason
+            );
+        }
+        let _ = writeln!(
+            o,
+            "predicted: {} of tensor data, {:.3} bits/weight over {} tensors ({} 1-D tensors in F32 not listed{})\n",
+            human_bytes(p.tensor_bytes()),
+            p.bits_per_weight(),
+            p.tensors.len(),
+            p.tensors.iter().filter(|t| t.ne.len() < 2).count(),
+            if verbose { "; listed above" } else { "; --verbose lists them" }
+        );
+    }
+    o
+}

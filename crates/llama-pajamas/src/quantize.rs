@@ -1,0 +1,368 @@
+//! `quantize llm`: HuggingFace checkpoint -> one or many GGUF files in one streaming pass.
+//!
+//! source -> detect -> plan -> write -> manifest. Every source tensor is read once,
+//! transformed (rope permutation, Gemma norm offset), then quantized into each requested
+//! file; only one tensor (and its quantized copies) is in memory at a time.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use pajamas_arch::{detect, ArchitectureInfo};
+use pajamas_convert::metadata::{llama3_rope_factors, model_metadata, tokenizer_metadata};
+use pajamas_convert::{gguf_arch, map_name, read_vocab, sort_key, Transform, CONVERTIBLE};
+use pajamas_convert::from_gguf::config_from_gguf;
+use pajamas_gguf::{GgufFile, GgufWriter, Value};
+use pajamas_model::{locate, CacheEnv, HfModel, ModelLocation};
+use pajamas_plan::{plan_gguf, Ftype, GgufPlan, Overrides, PlanInput, Rules};
+use pajamas_quant::GgmlType;
+
+use crate::manifest::{Artifact, Manifest};
+
+/// Options of `quantize llm` that concern GGUF output.
+#[derive(Debug, Clone)]
+pub struct QuantizeOptions {
+    pub model: String,
+    pub output: PathBuf,
+    pub ftypes: Vec<Ftype>,
+    pub rules: Rules,
+    pub overrides: Overrides,
+    pub pre_tokenizer: Option<String>,
+    pub dry_run: bool,
+    pub force: bool,
+    /// Show a progress bar (off for --json and when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// Where each source tensor goes.
+#[derive(Debug, Clone)]
+struct SourceTensor {
+    /// HF name, or `None` for tensors we compute (rope_freqs).
+    hf: Option<String>,
+    gguf: String,
+    ne: Vec<u64>,
+    transform: Transform,
+    bytes: u64,
+}
+
+/// The result of a run: plans (always) and written files (unless dry-run).
+#[derive(Debug, Serialize)]
+pub struct QuantizeReport {
+    pub model: String,
+    pub architecture: ArchitectureInfo,
+    pub plans: Vec<GgufPlan>,
+    pub outputs: Vec<Artifact>,
+    pub manifest: Option<PathBuf>,
+}
+
+fn model_name(input: &str, dir: &Path) -> String {
+    let from_dir = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    // A hub snapshot folder is a commit hash: use the repo name instead.
+    if input.contains('/') && !Path::new(input).exists() {
+        input.rsplit('/').next().unwrap_or(&from_dir).to_string()
+    } else {
+        from_dir
+    }
+}
+
+/// Lists the GGUF tensors of an HF checkpoint in file order.
+fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<SourceTensor>> {
+    let att = arch.attention.as_ref();
+    let heads = att.map(|a| a.num_heads).unwrap_or(1);
+    let kv = att.map(|a| a.num_kv_heads).unwrap_or(heads);
+    let mut out = Vec::new();
+    for t in model.tensors() {
+        let name = &t.info.name;
+        if arch.tie_word_embeddings && name == "lm_head.weight" {
+            continue; // stored twice by some checkpoints; GGUF keeps the embedding only
+        }
+        let Some((gguf, transform)) = map_name(name, &arch.model_type, heads, kv) else {
+            if name.ends_with("rotary_emb.inv_freq") {
+                continue;
+            }
+            bail!(
+                "{}: tensor '{name}' has no GGUF name for model_type '{}'; this checkpoint has a layout we do not convert yet",
+                t.shard.display(),
+                arch.model_type
+            );
+        };
+        if !t.info.dtype.is_float_readable() {
+            bail!(
+                "{}: tensor '{name}' is {}; only F32/F16/BF16 checkpoints convert today",
+                t.shard.display(),
+                t.info.dtype
+            );
+        }
+        let ne: Vec<u64> = t.info.shape.iter().rev().copied().collect();
+        out.push(SourceTensor {
+            hf: Some(name.clone()),
+            gguf,
+            ne,
+            transform,
+            bytes: t.info.nbytes(),
+        });
+    }
+    out.sort_by_key(|t| sort_key(&t.gguf));
+    for pair in out.windows(2) {
+        if pair[0].gguf == pair[1].gguf {
+            bail!("two source tensors map to '{}'", pair[0].gguf);
+        }
+    }
+    Ok(out)
+}
+
+fn check_values(name: &str, data: &[f32]) -> Result<()> {
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "tensor '{name}' holds a non-finite value ({}) at element {i}; the checkpoint is corrupt or was saved after a diverged training step",
+            data[i]
+        );
+    }
+    Ok(())
+}
+
+/// Where tensors come from: an HF checkpoint (converted) or a GGUF (requantized).
+enum Source {
+    Hf(HfModel),
+    Gguf(GgufFile),
+}
+
+impl Source {
+    /// One tensor as f32, in GGUF layout (transforms applied).
+    fn read(&self, t: &SourceTensor, computed: Option<&Vec<f32>>) -> Result<Vec<f32>> {
+        match (self, &t.hf) {
+            (_, None) => Ok(computed.cloned().expect("computed tensors are precomputed")),
+            (Source::Hf(model), Some(hf)) => {
+                let raw = model.read_f32_streaming(hf)?;
+                check_values(hf, &raw)?;
+                let rows: u64 = t.ne.iter().skip(1).product();
+                Ok(pajamas_convert::names::apply(t.transform, raw, rows as usize, t.ne[0] as usize))
+            }
+            (Source::Gguf(file), Some(name)) => {
+                let info = file.tensor(name).expect("listed from this file");
+                let bytes = file.data_of(info)?;
+                let data = pajamas_quant::dequantize_rows(info.ggml_type, bytes, t.ne[0] as usize)
+                    .map_err(|e| anyhow!("{}: tensor '{name}': {e}", file.path().display()))?;
+                check_values(name, &data)?;
+                Ok(data)
+            }
+        }
+    }
+}
+
+/// Runs `quantize llm --formats gguf`.
+pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
+    let (source, dir, arch, mut tensors, mut meta, name) = match locate(&opts.model, &CacheEnv::from_process())? {
+        ModelLocation::HfFolder(dir) => {
+            let model = HfModel::open(&dir)?;
+            let arch = detect(model.config()).with_context(|| dir.join("config.json").display().to_string())?;
+            let arch_name = gguf_arch(&arch.model_type).ok_or_else(|| {
+                anyhow!(
+                    "{}: converting model_type '{}' to GGUF is not supported yet (supported: {})",
+                    dir.display(),
+                    arch.model_type,
+                    CONVERTIBLE.join(", ")
+                )
+            })?;
+            let tensors = source_tensors(&model, &arch)?;
+            let name = model_name(&opts.model, &dir);
+            let mut meta = model_metadata(arch_name, &arch, model.config(), &name);
+            if !opts.dry_run {
+                let vocab = read_vocab(&dir, model.config(), arch.vocab_size, opts.pre_tokenizer.as_deref())?;
+                meta.extend(tokenizer_metadata(&vocab));
+            }
+            (Source::Hf(model), dir, arch, tensors, meta, name)
+        }
+        ModelLocation::Gguf(path) => {
+            let file = GgufFile::open(&path)?;
+            let config = config_from_gguf(&file)
+                .ok_or_else(|| anyhow!("{}: no general.architecture key; not a model GGUF", path.display()))?;
+            let arch = detect(&config).with_context(|| format!("{}: metadata", path.display()))?;
+            if file.tensors().iter().any(|t| t.ggml_type.is_quantized()) {
+                eprintln!(
+                    "warning: {} is already quantized: requantizing compounds the errors of both quantizations. \
+                     For the best quality, quantize from the original HuggingFace checkpoint.",
+                    path.display()
+                );
+            }
+            let tensors = file
+                .tensors()
+                .iter()
+                .map(|t| SourceTensor {
+                    hf: Some(t.name.clone()),
+                    gguf: t.name.clone(),
+                    ne: t.dims.clone(),
+                    transform: Transform::None,
+                    bytes: t.nbytes,
+                })
+                .collect();
+            let meta = file
+                .metadata()
+                .iter()
+                .filter(|e| {
+                    !matches!(e.key.as_str(), "general.file_type" | "general.quantization_version")
+                        && !e.key.starts_with("quantize.")
+                        && !e.key.starts_with("split.")
+                })
+                .map(|e| (e.key.clone(), e.value.clone()))
+                .collect();
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = strip_precision_suffix(&stem);
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            (Source::Gguf(file), dir, arch, tensors, meta, name)
+        }
+    };
+    let head_dim = arch.attention.as_ref().map(|a| a.head_dim).unwrap_or(0);
+    let rope_freqs = match &source {
+        Source::Hf(model) if arch.model_type == "llama" || arch.model_type == "mistral" => {
+            llama3_rope_factors(model.config(), head_dim)
+        }
+        _ => None,
+    };
+    if let Some(f) = &rope_freqs {
+        tensors.push(SourceTensor {
+            hf: None,
+            gguf: "rope_freqs.weight".into(),
+            ne: vec![f.len() as u64],
+            transform: Transform::None,
+            bytes: 0,
+        });
+        tensors.sort_by_key(|t| sort_key(&t.gguf));
+    }
+    let inputs: Vec<PlanInput> = tensors
+        .iter()
+        .map(|t| PlanInput {
+            name: t.gguf.clone(),
+            ne: t.ne.clone(),
+        })
+        .collect();
+    let plans = opts
+        .ftypes
+        .iter()
+        .map(|&f| plan_gguf(&inputs, &arch, f, opts.rules, &opts.overrides, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    if opts.dry_run {
+        return Ok(QuantizeReport {
+            model: name,
+            architecture: arch,
+            plans,
+            outputs: Vec::new(),
+            manifest: None,
+        });
+    }
+
+    // Outputs: refuse to write inside the source or over existing files.
+    let out_root = absolute(&opts.output)?;
+    let src_root = absolute(&dir)?;
+    if matches!(source, Source::Hf(_)) && out_root.starts_with(&src_root) {
+        bail!(
+            "output folder {} is inside the source model folder {}; choose another --output (we never write into the input)",
+            out_root.display(),
+            src_root.display()
+        );
+    }
+    meta.retain(|(k, _)| k != "general.name");
+    meta.insert(1, ("general.name".into(), Value::String(name.clone())));
+
+    let mut writers = Vec::with_capacity(plans.len());
+    for plan in &plans {
+        let path = out_root
+            .join("gguf")
+            .join(plan.ftype.name())
+            .join(format!("{name}-{}.gguf", plan.ftype.name()));
+        if let Source::Gguf(f) = &source {
+            if absolute(&path).ok().as_deref() == f.path().canonicalize().ok().as_deref() {
+                bail!("{} is the input file; choose another --output", path.display());
+            }
+        }
+        if path.exists() && !opts.force {
+            bail!("{} exists; pass --force to overwrite it", path.display());
+        }
+        std::fs::create_dir_all(path.parent().expect("has parent"))
+            .with_context(|| format!("creating {}", path.parent().unwrap().display()))?;
+        let mut w = GgufWriter::create(&path)?;
+        for (k, v) in &meta {
+            w.add_metadata(k, v.clone())?;
+        }
+        if plan.tensors.iter().any(|t| t.ty.is_quantized()) {
+            w.add_metadata("general.quantization_version", Value::U32(2))?;
+        }
+        w.add_metadata("general.file_type", Value::U32(plan.ftype.id()))?;
+        w.add_metadata("quantize.rules", Value::String(plan.rules.name().into()))?;
+        for t in &plan.tensors {
+            w.add_tensor_info(&t.name, &t.ne, t.ty)?;
+        }
+        w.begin_data()?;
+        writers.push(w);
+    }
+
+    let total_bytes: u64 = tensors.iter().map(|t| t.bytes).sum();
+    let bar = if opts.progress {
+        let b = ProgressBar::new(total_bytes);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}")
+                .expect("static template"),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    for t in &tensors {
+        bar.set_message(t.gguf.clone());
+        let data = source.read(t, rope_freqs.as_ref())?;
+        for (w, plan) in writers.iter_mut().zip(&plans) {
+            let planned = plan.get(&t.gguf).expect("planned");
+            let bytes = encode(planned.ty, &data, t.ne[0] as usize)
+                .with_context(|| format!("quantizing '{}' to {}", t.gguf, planned.ty))?;
+            w.write_tensor(&t.gguf, &bytes)?;
+        }
+        bar.inc(t.bytes);
+    }
+    bar.finish_and_clear();
+    let mut outputs = Vec::new();
+    for (w, plan) in writers.into_iter().zip(&plans) {
+        let path = w.finish()?;
+        let size = std::fs::metadata(&path)?.len();
+        outputs.push(Artifact::gguf(&out_root, &path, size, plan, started.elapsed().as_secs_f64()));
+    }
+    let manifest = Manifest::update(&out_root, &name, &arch, &outputs)?;
+    Ok(QuantizeReport {
+        model: name,
+        architecture: arch,
+        plans,
+        outputs,
+        manifest: Some(manifest),
+    })
+}
+
+/// `SmolLM2-Q4_K_M` -> `SmolLM2`: the name of a requantized file without its old type.
+fn strip_precision_suffix(stem: &str) -> String {
+    for f in pajamas_plan::ALL_FTYPES {
+        for sep in ['-', '.', '_'] {
+            let suffix = format!("{sep}{}", f.name());
+            if stem.len() > suffix.len() && stem.to_ascii_uppercase().ends_with(&suffix.to_ascii_uppercase()) {
+                return stem[..stem.len() - suffix.len()].to_string();
+            }
+        }
+    }
+    stem.to_string()
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.exists() {
+        return Ok(p.canonicalize()?);
+    }
+    Ok(std::env::current_dir()?.join(p))
+}
+
+/// A tensor's bytes in `ty`: rows of `n_per_row` values.
+fn encode(ty: GgmlType, data: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
+    pajamas_quant::quantize_rows(ty, data, n_per_row, None).map_err(|e| anyhow!("{e}"))
+}

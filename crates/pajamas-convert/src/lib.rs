@@ -1,0 +1,11 @@
+//! HuggingFace checkpoints -> GGUF: which tensor goes where and how it is transformed,
+//! which metadata llama.cpp needs for each architecture, and the tokenizer vocabulary.
+
+pub mod from_gguf;
+pub mod metadata;
+pub mod names;
+pub mod sentencepiece;
+pub mod tokenizer;
+
+pub use names::{gguf_arch, map_name, sort_key, Transform, CONVERTIBLE};
+pub use tokenizer::{read_vocab, TokenizerError, Vocab};
