@@ -100,8 +100,12 @@ pub fn detect_model_with_env(input: &str, env: &CacheEnv) -> Result<DetectReport
 /// Detection of a GGUF file, from its metadata and tensor list.
 fn detect_gguf(input: &str, path: PathBuf) -> Result<DetectReport> {
     let file = GgufFile::open(&path)?;
-    let config = config_from_gguf(&file)
-        .ok_or_else(|| anyhow::anyhow!("{}: no general.architecture key; not a model GGUF", path.display()))?;
+    let config = config_from_gguf(&file).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no general.architecture key; not a model GGUF",
+            path.display()
+        )
+    })?;
     let architecture = detect(&config).with_context(|| format!("{}: metadata", path.display()))?;
     let strategy = architecture.recommend();
     let mut s = TensorSummary {

@@ -104,7 +104,8 @@ struct LlmArgs {
 }
 
 fn parse_type(s: &str, what: &str) -> Result<GgmlType> {
-    GgmlType::from_name(s).ok_or_else(|| anyhow!("{what}: unknown ggml type '{s}' (e.g. Q4_K, Q6_K, Q8_0, F16)"))
+    GgmlType::from_name(s)
+        .ok_or_else(|| anyhow!("{what}: unknown ggml type '{s}' (e.g. Q4_K, Q6_K, Q8_0, F16)"))
 }
 
 fn overrides(a: &LlmArgs) -> Result<Overrides> {
@@ -118,7 +119,11 @@ fn overrides(a: &LlmArgs) -> Result<Overrides> {
     }
     Ok(Overrides {
         tensor_types,
-        output_tensor_type: a.output_tensor_type.as_deref().map(|t| parse_type(t, "--output-tensor-type")).transpose()?,
+        output_tensor_type: a
+            .output_tensor_type
+            .as_deref()
+            .map(|t| parse_type(t, "--output-tensor-type"))
+            .transpose()?,
         token_embedding_type: a
             .token_embedding_type
             .as_deref()
@@ -142,13 +147,21 @@ fn run_llm(a: LlmArgs) -> Result<()> {
             Ftype::from_name(s).ok_or_else(|| {
                 anyhow!(
                     "--gguf-precision {s}: unknown file type (supported: {})",
-                    pajamas_plan::ALL_FTYPES.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+                    pajamas_plan::ALL_FTYPES
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let rules = Rules::from_name(&a.rules)
-        .ok_or_else(|| anyhow!("--rules {}: expected architecture-aware or llama.cpp", a.rules))?;
+    let rules = Rules::from_name(&a.rules).ok_or_else(|| {
+        anyhow!(
+            "--rules {}: expected architecture-aware or llama.cpp",
+            a.rules
+        )
+    })?;
     let opts = QuantizeOptions {
         model: a.model.clone(),
         output: a.output.clone(),
@@ -164,7 +177,10 @@ fn run_llm(a: LlmArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if a.dry_run {
-        print!("{}", llama_pajamas::report::render_plans(&report.plans, a.verbose));
+        print!(
+            "{}",
+            llama_pajamas::report::render_plans(&report.plans, a.verbose)
+        );
     } else {
         for o in &report.outputs {
             println!(
@@ -184,7 +200,11 @@ fn run_llm(a: LlmArgs) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Detect { model, json, tensors } => {
+        Command::Detect {
+            model,
+            json,
+            tensors,
+        } => {
             let mut report = llama_pajamas::detect_model(&model)?;
             if json {
                 if !tensors {

@@ -38,9 +38,14 @@ impl Artifact {
         Artifact {
             format: "gguf".into(),
             precision: plan.ftype.name().into(),
-            path: path.strip_prefix(root).unwrap_or(path).display().to_string(),
+            path: path
+                .strip_prefix(root)
+                .unwrap_or(path)
+                .display()
+                .to_string(),
             size_bytes: size,
-            bits_per_weight: (size as f64 * 8.0 / plan.elements().max(1) as f64 * 1000.0).round() / 1000.0,
+            bits_per_weight: (size as f64 * 8.0 / plan.elements().max(1) as f64 * 1000.0).round()
+                / 1000.0,
             rules: plan.rules.name().into(),
             tensor_types: types,
             seconds: (seconds * 100.0).round() / 100.0,
@@ -63,7 +68,12 @@ pub struct Manifest {
 impl Manifest {
     /// Adds `outputs` to `root/manifest.json` (replacing entries with the same path) and
     /// writes it atomically. Returns its path.
-    pub fn update(root: &Path, model: &str, arch: &ArchitectureInfo, outputs: &[Artifact]) -> Result<PathBuf> {
+    pub fn update(
+        root: &Path,
+        model: &str,
+        arch: &ArchitectureInfo,
+        outputs: &[Artifact],
+    ) -> Result<PathBuf> {
         let path = root.join("manifest.json");
         let mut m = std::fs::read_to_string(&path)
             .ok()

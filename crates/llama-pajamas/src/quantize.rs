@@ -12,9 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use pajamas_arch::{detect, ArchitectureInfo};
+use pajamas_convert::from_gguf::config_from_gguf;
 use pajamas_convert::metadata::{llama3_rope_factors, model_metadata, tokenizer_metadata};
 use pajamas_convert::{gguf_arch, map_name, read_vocab, sort_key, Transform, CONVERTIBLE};
-use pajamas_convert::from_gguf::config_from_gguf;
 use pajamas_gguf::{GgufFile, GgufWriter, Value};
 use pajamas_model::{locate, CacheEnv, HfModel, ModelLocation};
 use pajamas_plan::{plan_gguf, Ftype, GgufPlan, Overrides, PlanInput, Rules};
@@ -142,7 +142,12 @@ impl Source {
                 let raw = model.read_f32_streaming(hf)?;
                 check_values(hf, &raw)?;
                 let rows: u64 = t.ne.iter().skip(1).product();
-                Ok(pajamas_convert::names::apply(t.transform, raw, rows as usize, t.ne[0] as usize))
+                Ok(pajamas_convert::names::apply(
+                    t.transform,
+                    raw,
+                    rows as usize,
+                    t.ne[0] as usize,
+                ))
             }
             (Source::Gguf(file), Some(name)) => {
                 let info = file.tensor(name).expect("listed from this file");
@@ -158,10 +163,14 @@ impl Source {
 
 /// Runs `quantize llm --formats gguf`.
 pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
-    let (source, dir, arch, mut tensors, mut meta, name) = match locate(&opts.model, &CacheEnv::from_process())? {
+    let (source, dir, arch, mut tensors, mut meta, name) = match locate(
+        &opts.model,
+        &CacheEnv::from_process(),
+    )? {
         ModelLocation::HfFolder(dir) => {
             let model = HfModel::open(&dir)?;
-            let arch = detect(model.config()).with_context(|| dir.join("config.json").display().to_string())?;
+            let arch = detect(model.config())
+                .with_context(|| dir.join("config.json").display().to_string())?;
             let arch_name = gguf_arch(&arch.model_type).ok_or_else(|| {
                 anyhow!(
                     "{}: converting model_type '{}' to GGUF is not supported yet (supported: {})",
@@ -174,15 +183,24 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             let name = model_name(&opts.model, &dir);
             let mut meta = model_metadata(arch_name, &arch, model.config(), &name);
             if !opts.dry_run {
-                let vocab = read_vocab(&dir, model.config(), arch.vocab_size, opts.pre_tokenizer.as_deref())?;
+                let vocab = read_vocab(
+                    &dir,
+                    model.config(),
+                    arch.vocab_size,
+                    opts.pre_tokenizer.as_deref(),
+                )?;
                 meta.extend(tokenizer_metadata(&vocab));
             }
             (Source::Hf(model), dir, arch, tensors, meta, name)
         }
         ModelLocation::Gguf(path) => {
             let file = GgufFile::open(&path)?;
-            let config = config_from_gguf(&file)
-                .ok_or_else(|| anyhow!("{}: no general.architecture key; not a model GGUF", path.display()))?;
+            let config = config_from_gguf(&file).ok_or_else(|| {
+                anyhow!(
+                    "{}: no general.architecture key; not a model GGUF",
+                    path.display()
+                )
+            })?;
             let arch = detect(&config).with_context(|| format!("{}: metadata", path.display()))?;
             if file.tensors().iter().any(|t| t.ggml_type.is_quantized()) {
                 eprintln!(
@@ -206,13 +224,18 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
                 .metadata()
                 .iter()
                 .filter(|e| {
-                    !matches!(e.key.as_str(), "general.file_type" | "general.quantization_version")
-                        && !e.key.starts_with("quantize.")
+                    !matches!(
+                        e.key.as_str(),
+                        "general.file_type" | "general.quantization_version"
+                    ) && !e.key.starts_with("quantize.")
                         && !e.key.starts_with("split.")
                 })
                 .map(|e| (e.key.clone(), e.value.clone()))
                 .collect();
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let name = strip_precision_suffix(&stem);
             let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
             (Source::Gguf(file), dir, arch, tensors, meta, name)
@@ -278,7 +301,10 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             .join(format!("{name}-{}.gguf", plan.ftype.name()));
         if let Source::Gguf(f) = &source {
             if absolute(&path).ok().as_deref() == f.path().canonicalize().ok().as_deref() {
-                bail!("{} is the input file; choose another --output", path.display());
+                bail!(
+                    "{} is the input file; choose another --output",
+                    path.display()
+                );
             }
         }
         if path.exists() && !opts.force {
@@ -306,8 +332,10 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
     let bar = if opts.progress {
         let b = ProgressBar::new(total_bytes);
         b.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}")
-                .expect("static template"),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
+            )
+            .expect("static template"),
         );
         b
     } else {
@@ -330,7 +358,13 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
     for (w, plan) in writers.into_iter().zip(&plans) {
         let path = w.finish()?;
         let size = std::fs::metadata(&path)?.len();
-        outputs.push(Artifact::gguf(&out_root, &path, size, plan, started.elapsed().as_secs_f64()));
+        outputs.push(Artifact::gguf(
+            &out_root,
+            &path,
+            size,
+            plan,
+            started.elapsed().as_secs_f64(),
+        ));
     }
     let manifest = Manifest::update(&out_root, &name, &arch, &outputs)?;
     Ok(QuantizeReport {
@@ -347,7 +381,11 @@ fn strip_precision_suffix(stem: &str) -> String {
     for f in pajamas_plan::ALL_FTYPES {
         for sep in ['-', '.', '_'] {
             let suffix = format!("{sep}{}", f.name());
-            if stem.len() > suffix.len() && stem.to_ascii_uppercase().ends_with(&suffix.to_ascii_uppercase()) {
+            if stem.len() > suffix.len()
+                && stem
+                    .to_ascii_uppercase()
+                    .ends_with(&suffix.to_ascii_uppercase())
+            {
                 return stem[..stem.len() - suffix.len()].to_string();
             }
         }

@@ -221,31 +221,26 @@ pub fn render(r: &DetectReport, list_tensors: bool) -> String {
     o
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts() {
-        assert_eq!(human_count(8_190_735_360), "8.19B");
-        assert_eq!(human_count(134_515_008), "134.5M");
-        assert_eq!(grouped(134_515_008), "134,515,008");
-        assert_eq!(grouped(999), "999");
-    }
-}
-
 /// The `--dry-run` printout: per plan, each tensor with shape, type, bits and reason,
 /// then the predicted size. Tensors kept in full precision are listed with `verbose`.
 pub fn render_plans(plans: &[pajamas_plan::GgufPlan], verbose: bool) -> String {
     let mut o = String::new();
     for p in plans {
         let _ = writeln!(o, "== GGUF {} ({} rules)", p.ftype, p.rules.name());
-        let _ = writeln!(o, "{:<36} {:>18} {:>7} {:>6}  reason", "tensor", "shape", "type", "bits");
+        let _ = writeln!(
+            o,
+            "{:<36} {:>18} {:>7} {:>6}  reason",
+            "tensor", "shape", "type", "bits"
+        );
         for t in &p.tensors {
             if !verbose && !t.ty.is_quantized() && t.ne.len() < 2 {
                 continue;
             }
-            let shape = t.ne.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+            let shape =
+                t.ne.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x");
             let _ = writeln!(
                 o,
                 "{:<36} {:>18} {:>7} {:>6.2}  {}",
@@ -267,4 +262,17 @@ pub fn render_plans(plans: &[pajamas_plan::GgufPlan], verbose: bool) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts() {
+        assert_eq!(human_count(8_190_735_360), "8.19B");
+        assert_eq!(human_count(134_515_008), "134.5M");
+        assert_eq!(grouped(134_515_008), "134,515,008");
+        assert_eq!(grouped(999), "999");
+    }
 }

@@ -53,7 +53,11 @@ pub fn config_from_gguf(f: &GgufFile) -> Option<Json> {
     put_uint("head_dim", "attention.key_length", &mut c);
     put_uint("num_local_experts", "expert_count", &mut c);
     put_uint("num_experts_per_tok", "expert_used_count", &mut c);
-    put_uint("moe_intermediate_size", "expert_feed_forward_length", &mut c);
+    put_uint(
+        "moe_intermediate_size",
+        "expert_feed_forward_length",
+        &mut c,
+    );
     put_uint("sliding_window", "attention.sliding_window", &mut c);
     if let Some(v) = get("rope.freq_base").and_then(float) {
         c.insert("rope_theta".into(), json!(v));
@@ -61,10 +65,12 @@ pub fn config_from_gguf(f: &GgufFile) -> Option<Json> {
     if let Some(v) = get("attention.layer_norm_rms_epsilon").and_then(float) {
         c.insert("rms_norm_eps".into(), json!(v));
     }
-    let vocab = get("vocab_size").and_then(uint).or_else(|| match f.get("tokenizer.ggml.tokens") {
-        Some(Value::Array(a)) => Some(a.len() as u64),
-        _ => None,
-    });
+    let vocab = get("vocab_size")
+        .and_then(uint)
+        .or_else(|| match f.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(a)) => Some(a.len() as u64),
+            _ => None,
+        });
     if let Some(v) = vocab {
         c.insert("vocab_size".into(), json!(v));
     }

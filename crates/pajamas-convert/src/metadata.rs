@@ -10,11 +10,17 @@ use crate::tokenizer::Vocab;
 pub type Metadata = Vec<(String, Value)>;
 
 fn f(config: &Json, keys: &[&str]) -> Option<f64> {
-    keys.iter().find_map(|k| config.get(*k).and_then(Json::as_f64))
+    keys.iter()
+        .find_map(|k| config.get(*k).and_then(Json::as_f64))
 }
 
 /// Architecture keys (`<arch>.*`) and `general.*` keys other than the file type.
-pub fn model_metadata(arch_name: &str, a: &ArchitectureInfo, config: &Json, model_name: &str) -> Metadata {
+pub fn model_metadata(
+    arch_name: &str,
+    a: &ArchitectureInfo,
+    config: &Json,
+    model_name: &str,
+) -> Metadata {
     let mut m: Metadata = Vec::new();
     let mut put = |k: &str, v: Value| m.push((k.to_string(), v));
     let key = |s: &str| format!("{arch_name}.{s}");
@@ -23,24 +29,44 @@ pub fn model_metadata(arch_name: &str, a: &ArchitectureInfo, config: &Json, mode
     put("general.name", Value::String(model_name.into()));
     let att = a.attention.as_ref();
     let head_dim = att.map(|x| x.head_dim).unwrap_or(a.hidden_size);
-    let ctx = a.max_position_embeddings.unwrap_or(if arch_name == "gemma3" { 131072 } else { 2048 });
+    let ctx = a
+        .max_position_embeddings
+        .unwrap_or(if arch_name == "gemma3" { 131072 } else { 2048 });
     put(&key("context_length"), Value::U32(ctx as u32));
     put(&key("embedding_length"), Value::U32(a.hidden_size as u32));
     put(&key("block_count"), Value::U32(a.num_layers as u32));
-    put(&key("feed_forward_length"), Value::U32(a.intermediate_size.unwrap_or(4 * a.hidden_size) as u32));
+    put(
+        &key("feed_forward_length"),
+        Value::U32(a.intermediate_size.unwrap_or(4 * a.hidden_size) as u32),
+    );
     if let Some(att) = att {
-        put(&key("attention.head_count"), Value::U32(att.num_heads as u32));
-        put(&key("attention.head_count_kv"), Value::U32(att.num_kv_heads as u32));
+        put(
+            &key("attention.head_count"),
+            Value::U32(att.num_heads as u32),
+        );
+        put(
+            &key("attention.head_count_kv"),
+            Value::U32(att.num_kv_heads as u32),
+        );
     }
     let default_theta = match arch_name {
         "gemma3" => 1_000_000.0,
         _ => 10_000.0,
     };
-    put(&key("rope.freq_base"), Value::F32(f(config, &["rope_theta"]).unwrap_or(default_theta) as f32));
-    let default_eps = if arch_name == "gemma3" || arch_name.starts_with("qwen") { 1e-6 } else { 1e-5 };
+    put(
+        &key("rope.freq_base"),
+        Value::F32(f(config, &["rope_theta"]).unwrap_or(default_theta) as f32),
+    );
+    let default_eps = if arch_name == "gemma3" || arch_name.starts_with("qwen") {
+        1e-6
+    } else {
+        1e-5
+    };
     put(
         &key("attention.layer_norm_rms_epsilon"),
-        Value::F32(f(config, &["rms_norm_eps", "layer_norm_epsilon"]).unwrap_or(default_eps) as f32),
+        Value::F32(
+            f(config, &["rms_norm_eps", "layer_norm_epsilon"]).unwrap_or(default_eps) as f32,
+        ),
     );
     if att.is_some_and(|x| x.head_dim_explicit) || arch_name == "gemma3" || arch_name == "qwen3" {
         put(&key("attention.key_length"), Value::U32(head_dim as u32));
@@ -56,7 +82,11 @@ pub fn model_metadata(arch_name: &str, a: &ArchitectureInfo, config: &Json, mode
     // Linear rope scaling is a metadata key; llama3-style scaling becomes the
     // rope_freqs tensor (see `llama3_rope_factors`).
     if let Some(rs) = config.get("rope_scaling").filter(|v| v.is_object()) {
-        let ty = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Json::as_str).unwrap_or("");
+        let ty = rs
+            .get("rope_type")
+            .or_else(|| rs.get("type"))
+            .and_then(Json::as_str)
+            .unwrap_or("");
         if ty == "linear" {
             if let Some(fac) = rs.get("factor").and_then(Json::as_f64) {
                 put(&key("rope.scaling.type"), Value::String("linear".into()));
@@ -76,9 +106,18 @@ pub fn llama3_rope_factors(config: &Json, head_dim: u64) -> Option<Vec<f32>> {
     }
     let theta = f(config, &["rope_theta"]).unwrap_or(10_000.0);
     let factor = rs.get("factor")?.as_f64()?;
-    let low = rs.get("low_freq_factor").and_then(Json::as_f64).unwrap_or(1.0);
-    let high = rs.get("high_freq_factor").and_then(Json::as_f64).unwrap_or(4.0);
-    let old_ctx = rs.get("original_max_position_embeddings").and_then(Json::as_f64).unwrap_or(8192.0);
+    let low = rs
+        .get("low_freq_factor")
+        .and_then(Json::as_f64)
+        .unwrap_or(1.0);
+    let high = rs
+        .get("high_freq_factor")
+        .and_then(Json::as_f64)
+        .unwrap_or(4.0);
+    let old_ctx = rs
+        .get("original_max_position_embeddings")
+        .and_then(Json::as_f64)
+        .unwrap_or(8192.0);
     let low_wavelen = old_ctx / low;
     let high_wavelen = old_ctx / high;
     let factors = (0..head_dim / 2)
@@ -109,13 +148,25 @@ pub fn tokenizer_metadata(v: &Vocab) -> Metadata {
     } else if v.model == "llama" {
         put("tokenizer.ggml.pre", Value::String("default".into()));
     }
-    put("tokenizer.ggml.tokens", Value::Array(Array::String(v.tokens.clone())));
+    put(
+        "tokenizer.ggml.tokens",
+        Value::Array(Array::String(v.tokens.clone())),
+    );
     if !v.scores.is_empty() {
-        put("tokenizer.ggml.scores", Value::Array(Array::F32(v.scores.clone())));
+        put(
+            "tokenizer.ggml.scores",
+            Value::Array(Array::F32(v.scores.clone())),
+        );
     }
-    put("tokenizer.ggml.token_type", Value::Array(Array::I32(v.types.clone())));
+    put(
+        "tokenizer.ggml.token_type",
+        Value::Array(Array::I32(v.types.clone())),
+    );
     if !v.merges.is_empty() {
-        put("tokenizer.ggml.merges", Value::Array(Array::String(v.merges.clone())));
+        put(
+            "tokenizer.ggml.merges",
+            Value::Array(Array::String(v.merges.clone())),
+        );
     }
     for (k, id) in [
         ("tokenizer.ggml.bos_token_id", v.bos),

@@ -11,7 +11,9 @@ pub enum Transform {
     None,
     /// Permute rows from HF's rotate-half rope layout to llama.cpp's interleaved one,
     /// with this many heads (`num_attention_heads` for q, `num_key_value_heads` for k).
-    RopePermute { heads: u64 },
+    RopePermute {
+        heads: u64,
+    },
     /// Gemma stores RMSNorm weights as `w` and multiplies by `1 + w`; llama.cpp stores
     /// `1 + w`.
     AddOne,
@@ -29,11 +31,23 @@ pub fn gguf_arch(model_type: &str) -> Option<&'static str> {
 }
 
 /// Model types we convert to GGUF today.
-pub const CONVERTIBLE: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3", "gemma3_text"];
+pub const CONVERTIBLE: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma3",
+    "gemma3_text",
+];
 
 /// Maps one HF tensor name. `None` for tensors that GGUF does not store (e.g. rotary
 /// inverse frequencies some checkpoints carry).
-pub fn map_name(hf: &str, model_type: &str, heads: u64, kv_heads: u64) -> Option<(String, Transform)> {
+pub fn map_name(
+    hf: &str,
+    model_type: &str,
+    heads: u64,
+    kv_heads: u64,
+) -> Option<(String, Transform)> {
     let gemma = model_type.starts_with("gemma");
     let llama_rope = matches!(model_type, "llama" | "mistral");
     let hf = hf
@@ -41,7 +55,11 @@ pub fn map_name(hf: &str, model_type: &str, heads: u64, kv_heads: u64) -> Option
         .map(|s| format!("model.{s}"))
         .unwrap_or_else(|| hf.to_string());
     let norm = |name: &str| {
-        let t = if gemma { Transform::AddOne } else { Transform::None };
+        let t = if gemma {
+            Transform::AddOne
+        } else {
+            Transform::None
+        };
         Some((name.to_string(), t))
     };
     match hf.as_str() {
@@ -57,10 +75,9 @@ pub fn map_name(hf: &str, model_type: &str, heads: u64, kv_heads: u64) -> Option
     let (stem, suffix) = leaf.rsplit_once('.')?;
     let plain = |n: &str| Some((blk(&format!("{n}.{suffix}")), Transform::None));
     match stem {
-        "self_attn.q_proj" if llama_rope && suffix == "weight" => Some((
-            blk("attn_q.weight"),
-            Transform::RopePermute { heads },
-        )),
+        "self_attn.q_proj" if llama_rope && suffix == "weight" => {
+            Some((blk("attn_q.weight"), Transform::RopePermute { heads }))
+        }
         "self_attn.k_proj" if llama_rope && suffix == "weight" => Some((
             blk("attn_k.weight"),
             Transform::RopePermute { heads: kv_heads },
@@ -161,17 +178,34 @@ mod tests {
     #[test]
     fn llama_names() {
         let m = |n| map_name(n, "llama", 9, 3);
-        assert_eq!(m("model.embed_tokens.weight").unwrap().0, "token_embd.weight");
+        assert_eq!(
+            m("model.embed_tokens.weight").unwrap().0,
+            "token_embd.weight"
+        );
         assert_eq!(
             m("model.layers.7.self_attn.q_proj.weight").unwrap(),
-            ("blk.7.attn_q.weight".into(), Transform::RopePermute { heads: 9 })
+            (
+                "blk.7.attn_q.weight".into(),
+                Transform::RopePermute { heads: 9 }
+            )
         );
         assert_eq!(
             m("model.layers.7.self_attn.k_proj.weight").unwrap(),
-            ("blk.7.attn_k.weight".into(), Transform::RopePermute { heads: 3 })
+            (
+                "blk.7.attn_k.weight".into(),
+                Transform::RopePermute { heads: 3 }
+            )
         );
-        assert_eq!(m("model.layers.7.post_attention_layernorm.weight").unwrap().0, "blk.7.ffn_norm.weight");
-        assert_eq!(m("model.layers.0.mlp.down_proj.weight").unwrap().0, "blk.0.ffn_down.weight");
+        assert_eq!(
+            m("model.layers.7.post_attention_layernorm.weight")
+                .unwrap()
+                .0,
+            "blk.7.ffn_norm.weight"
+        );
+        assert_eq!(
+            m("model.layers.0.mlp.down_proj.weight").unwrap().0,
+            "blk.0.ffn_down.weight"
+        );
         assert!(m("model.layers.0.self_attn.rotary_emb.inv_freq").is_none());
     }
 
@@ -184,10 +218,22 @@ mod tests {
         let n = map_name("model.layers.1.self_attn.k_norm.weight", "qwen3", 32, 8).unwrap();
         assert_eq!(n, ("blk.1.attn_k_norm.weight".into(), Transform::None));
         let g = |n| map_name(n, "gemma3_text", 4, 1).unwrap();
-        assert_eq!(g("model.layers.2.post_attention_layernorm.weight"), ("blk.2.post_attention_norm.weight".into(), Transform::AddOne));
-        assert_eq!(g("model.layers.2.pre_feedforward_layernorm.weight").0, "blk.2.ffn_norm.weight");
-        assert_eq!(g("model.layers.2.post_feedforward_layernorm.weight").0, "blk.2.post_ffw_norm.weight");
-        assert_eq!(g("model.norm.weight"), ("output_norm.weight".into(), Transform::AddOne));
+        assert_eq!(
+            g("model.layers.2.post_attention_layernorm.weight"),
+            ("blk.2.post_attention_norm.weight".into(), Transform::AddOne)
+        );
+        assert_eq!(
+            g("model.layers.2.pre_feedforward_layernorm.weight").0,
+            "blk.2.ffn_norm.weight"
+        );
+        assert_eq!(
+            g("model.layers.2.post_feedforward_layernorm.weight").0,
+            "blk.2.post_ffw_norm.weight"
+        );
+        assert_eq!(
+            g("model.norm.weight"),
+            ("output_norm.weight".into(), Transform::AddOne)
+        );
     }
 
     #[test]

@@ -91,10 +91,13 @@ pub fn spm_vocab(path: &Path, vocab_size: u64) -> Result<Vocab, TokenizerError> 
         ..Default::default()
     };
     while !w.done() {
-        let key = w.varint().ok_or_else(|| invalid(path, "truncated protobuf"))?;
+        let key = w
+            .varint()
+            .ok_or_else(|| invalid(path, "truncated protobuf"))?;
         if key >> 3 == 1 && key & 7 == 2 {
             let bytes = w.bytes().ok_or_else(|| invalid(path, "truncated piece"))?;
-            let (text, score, ty) = piece(bytes).ok_or_else(|| invalid(path, format!("malformed piece #{}", v.tokens.len())))?;
+            let (text, score, ty) = piece(bytes)
+                .ok_or_else(|| invalid(path, format!("malformed piece #{}", v.tokens.len())))?;
             let t = match ty {
                 2 => token_type::UNKNOWN,
                 3 => token_type::CONTROL,
@@ -110,7 +113,8 @@ pub fn spm_vocab(path: &Path, vocab_size: u64) -> Result<Vocab, TokenizerError> 
             v.scores.push(score);
             v.types.push(t);
         } else {
-            w.skip(key & 7).ok_or_else(|| invalid(path, "truncated protobuf field"))?;
+            w.skip(key & 7)
+                .ok_or_else(|| invalid(path, "truncated protobuf field"))?;
         }
     }
     if v.tokens.is_empty() {
@@ -168,7 +172,10 @@ mod tests {
         let p = dir.path().join("tokenizer.model");
         std::fs::write(&p, &model).unwrap();
         let v = spm_vocab(&p, 6).unwrap();
-        assert_eq!(v.tokens, vec!["<unk>", "<s>", "<0x0A>", "▁the", "[PAD4]", "[PAD5]"]);
+        assert_eq!(
+            v.tokens,
+            vec!["<unk>", "<s>", "<0x0A>", "▁the", "[PAD4]", "[PAD5]"]
+        );
         assert_eq!(v.types, vec![2, 3, 6, 1, 5, 5]);
         assert_eq!(v.scores[3], -3.5);
         assert_eq!(v.unk, Some(0));

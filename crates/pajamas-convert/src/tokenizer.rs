@@ -83,7 +83,12 @@ fn identify_pre(pre: &Value) -> Result<String, String> {
     let mut byte_level_regex = None;
     let mut other: Vec<String> = Vec::new();
     let mut visit = |p: &Value| match p.get("type").and_then(Value::as_str) {
-        Some("Digits") => digits_individual = p.get("individual_digits").and_then(Value::as_bool).unwrap_or(false),
+        Some("Digits") => {
+            digits_individual = p
+                .get("individual_digits")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        }
         Some("Split") => {
             if let Some(r) = p.pointer("/pattern/Regex").and_then(Value::as_str) {
                 splits.push(r.to_string());
@@ -91,13 +96,20 @@ fn identify_pre(pre: &Value) -> Result<String, String> {
                 other.push("Split(non-regex)".into());
             }
         }
-        Some("ByteLevel") => byte_level_regex = Some(p.get("use_regex").and_then(Value::as_bool).unwrap_or(true)),
+        Some("ByteLevel") => {
+            byte_level_regex = Some(p.get("use_regex").and_then(Value::as_bool).unwrap_or(true))
+        }
         Some(t) => other.push(t.to_string()),
         None => other.push("?".into()),
     };
     match pre.get("type").and_then(Value::as_str) {
         Some("Sequence") => {
-            for p in pre.get("pretokenizers").and_then(Value::as_array).into_iter().flatten() {
+            for p in pre
+                .get("pretokenizers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 visit(p);
             }
         }
@@ -126,20 +138,27 @@ fn identify_pre(pre: &Value) -> Result<String, String> {
 /// Whether an added token looks like a control token even if not marked special.
 fn looks_special(t: &str) -> bool {
     (t.starts_with("<|") && t.ends_with("|>"))
-        || matches!(t, "<s>" | "</s>" | "<pad>" | "<unk>" | "<mask>" | "<bos>" | "<eos>")
+        || matches!(
+            t,
+            "<s>" | "</s>" | "<pad>" | "<unk>" | "<mask>" | "<bos>" | "<eos>"
+        )
         || (t.starts_with("<｜") && t.ends_with("｜>"))
 }
 
 /// A token id given in tokenizer_config.json as a string or `{content: ...}`.
 fn special_id(cfg: &Value, key: &str, ids: &HashMap<String, u32>) -> Option<u32> {
     let v = cfg.get(key)?;
-    let text = v.as_str().or_else(|| v.get("content").and_then(Value::as_str))?;
+    let text = v
+        .as_str()
+        .or_else(|| v.get("content").and_then(Value::as_str))?;
     ids.get(text).copied()
 }
 
 fn id_from_config(config: &Value, key: &str) -> Option<u32> {
     let v = config.get(key)?;
-    v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()).map(|x| x as u32)
+    v.as_u64()
+        .or_else(|| v.as_array()?.first()?.as_u64())
+        .map(|x| x as u32)
 }
 
 /// Reads the vocabulary of the model folder `dir`. `vocab_size` (from config.json) pads
@@ -173,12 +192,21 @@ pub fn read_vocab(
         .enumerate()
         .map(|(i, t)| (t.clone(), i as u32))
         .collect();
-    vocab.bos = special_id(&tc, "bos_token", &ids).or_else(|| id_from_config(config, "bos_token_id"));
-    vocab.eos = special_id(&tc, "eos_token", &ids).or_else(|| id_from_config(config, "eos_token_id"));
+    vocab.bos =
+        special_id(&tc, "bos_token", &ids).or_else(|| id_from_config(config, "bos_token_id"));
+    vocab.eos =
+        special_id(&tc, "eos_token", &ids).or_else(|| id_from_config(config, "eos_token_id"));
     vocab.unk = special_id(&tc, "unk_token", &ids).or(vocab.unk);
-    vocab.pad = special_id(&tc, "pad_token", &ids).or_else(|| id_from_config(config, "pad_token_id"));
-    vocab.add_bos = tc.get("add_bos_token").and_then(Value::as_bool).or(vocab.add_bos);
-    vocab.add_eos = tc.get("add_eos_token").and_then(Value::as_bool).or(vocab.add_eos);
+    vocab.pad =
+        special_id(&tc, "pad_token", &ids).or_else(|| id_from_config(config, "pad_token_id"));
+    vocab.add_bos = tc
+        .get("add_bos_token")
+        .and_then(Value::as_bool)
+        .or(vocab.add_bos);
+    vocab.add_eos = tc
+        .get("add_eos_token")
+        .and_then(Value::as_bool)
+        .or(vocab.add_eos);
     vocab.chat_template = match tc.get("chat_template") {
         Some(Value::String(s)) => Some(s.clone()),
         _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
@@ -186,9 +214,14 @@ pub fn read_vocab(
     Ok(vocab)
 }
 
-fn bpe_vocab(path: &Path, vocab_size: u64, pre_override: Option<&str>) -> Result<Vocab, TokenizerError> {
+fn bpe_vocab(
+    path: &Path,
+    vocab_size: u64,
+    pre_override: Option<&str>,
+) -> Result<Vocab, TokenizerError> {
     let text = std::fs::read_to_string(path).map_err(|e| invalid(path, e.to_string()))?;
-    let tj: Value = serde_json::from_str(&text).map_err(|e| invalid(path, format!("invalid JSON: {e}")))?;
+    let tj: Value =
+        serde_json::from_str(&text).map_err(|e| invalid(path, format!("invalid JSON: {e}")))?;
     let model = tj.get("model").ok_or_else(|| invalid(path, "no 'model'"))?;
     if model.get("type").and_then(Value::as_str) != Some("BPE") {
         return Err(invalid(
@@ -205,13 +238,23 @@ fn bpe_vocab(path: &Path, vocab_size: u64, pre_override: Option<&str>) -> Result
         .ok_or_else(|| invalid(path, "model.vocab is not an object"))?;
     let mut by_id: HashMap<u32, String> = HashMap::with_capacity(map.len());
     for (tok, id) in map {
-        let id = id.as_u64().ok_or_else(|| invalid(path, format!("token '{tok}' has a non-integer id")))? as u32;
+        let id = id
+            .as_u64()
+            .ok_or_else(|| invalid(path, format!("token '{tok}' has a non-integer id")))?
+            as u32;
         by_id.insert(id, tok.clone());
     }
     let mut added: HashMap<u32, (String, bool)> = HashMap::new();
-    for a in tj.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
-        let (Some(id), Some(content)) = (a.get("id").and_then(Value::as_u64), a.get("content").and_then(Value::as_str))
-        else {
+    for a in tj
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (Some(id), Some(content)) = (
+            a.get("id").and_then(Value::as_u64),
+            a.get("content").and_then(Value::as_str),
+        ) else {
             continue;
         };
         let special = a.get("special").and_then(Value::as_bool).unwrap_or(false);
@@ -220,7 +263,10 @@ fn bpe_vocab(path: &Path, vocab_size: u64, pre_override: Option<&str>) -> Result
     let max_id = by_id.keys().chain(added.keys()).copied().max().unwrap_or(0) as u64;
     let n = vocab_size.max(max_id + 1);
     if n > 10_000_000 {
-        return Err(invalid(path, format!("vocabulary of {n} tokens is implausible")));
+        return Err(invalid(
+            path,
+            format!("vocabulary of {n} tokens is implausible"),
+        ));
     }
     let mut tokens = Vec::with_capacity(n as usize);
     let mut types = Vec::with_capacity(n as usize);
@@ -255,15 +301,16 @@ fn bpe_vocab(path: &Path, vocab_size: u64, pre_override: Option<&str>) -> Result
             _ => Err(invalid(path, "a merge is neither \"a b\" nor [a, b]")),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let pre = match pre_override {
-        Some(p) => p.to_string(),
-        None => identify_pre(tj.get("pre_tokenizer").unwrap_or(&Value::Null)).map_err(|summary| {
-            TokenizerError::UnknownPre {
-                path: path.display().to_string(),
-                summary,
-            }
-        })?,
-    };
+    let pre =
+        match pre_override {
+            Some(p) => p.to_string(),
+            None => identify_pre(tj.get("pre_tokenizer").unwrap_or(&Value::Null)).map_err(
+                |summary| TokenizerError::UnknownPre {
+                    path: path.display().to_string(),
+                    summary,
+                },
+            )?,
+        };
     Ok(Vocab {
         model: "gpt2".into(),
         pre: Some(pre),

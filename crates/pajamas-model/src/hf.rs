@@ -185,10 +185,13 @@ impl HfModel {
     /// One tensor read with a positioned read (no mmap) and decoded to f32; see
     /// [`SafetensorsFile::read_f32_streaming`].
     pub fn read_f32_streaming(&self, name: &str) -> Result<Vec<f32>> {
-        let &(si, _) = self.locations.get(name).ok_or_else(|| ModelError::NoSuchTensor {
-            model: self.dir.clone(),
-            tensor: name.to_string(),
-        })?;
+        let &(si, _) = self
+            .locations
+            .get(name)
+            .ok_or_else(|| ModelError::NoSuchTensor {
+                model: self.dir.clone(),
+                tensor: name.to_string(),
+            })?;
         self.shards[si].read_f32_streaming(name)
     }
 

