@@ -1,6 +1,6 @@
 //! The GGUF metadata llama.cpp's loader needs, per architecture, from config.json.
 
-use pajamas_arch::ArchitectureInfo;
+use pajamas_arch::{ArchitectureInfo, AttentionSpan};
 use pajamas_gguf::{Array, Value};
 use serde_json::Value as Json;
 
@@ -12,6 +12,31 @@ pub type Metadata = Vec<(String, Value)>;
 fn f(config: &Json, keys: &[&str]) -> Option<f64> {
     keys.iter()
         .find_map(|k| config.get(*k).and_then(Json::as_f64))
+}
+
+/// transformers 5 moved `rope_theta` / `rope_scaling` into `rope_parameters` (nested per
+/// layer type for models with local and global layers); 4.x configs keep them top-level.
+fn rope_parameters(config: &Json) -> Option<&Json> {
+    let rp = config.get("rope_parameters")?;
+    Some(rp.get("full_attention").unwrap_or(rp))
+}
+
+/// The rope base frequency of the (global) attention layers.
+pub fn rope_theta(config: &Json) -> Option<f64> {
+    f(config, &["rope_theta"]).or_else(|| rope_parameters(config)?.get("rope_theta")?.as_f64())
+}
+
+/// The rope scaling block (`rope_type`/`type`, `factor`, ...), if the model scales rope.
+pub fn rope_scaling(config: &Json) -> Option<&Json> {
+    if let Some(rs) = config.get("rope_scaling").filter(|v| v.is_object()) {
+        return Some(rs);
+    }
+    let rp = rope_parameters(config)?;
+    let ty = rp
+        .get("rope_type")
+        .or_else(|| rp.get("type"))
+        .and_then(Json::as_str)?;
+    (ty != "default").then_some(rp)
 }
 
 /// Architecture keys (`<arch>.*`) and `general.*` keys other than the file type.
@@ -55,7 +80,7 @@ pub fn model_metadata(
     };
     put(
         &key("rope.freq_base"),
-        Value::F32(f(config, &["rope_theta"]).unwrap_or(default_theta) as f32),
+        Value::F32(rope_theta(config).unwrap_or(default_theta) as f32),
     );
     let default_eps = if arch_name == "gemma3" || arch_name.starts_with("qwen") {
         1e-6
@@ -78,10 +103,35 @@ pub fn model_metadata(
     }
     if let Some(w) = att.and_then(|x| x.sliding_window) {
         put(&key("attention.sliding_window"), Value::U32(w as u32));
+        // llama.cpp assumes Gemma 3's period of 6 unless told which layers are local.
+        if let Some(spans) = att.and_then(|x| x.layer_spans.as_ref()) {
+            if arch_name == "gemma3" {
+                let local = spans
+                    .iter()
+                    .map(|s| *s == AttentionSpan::SlidingWindow)
+                    .collect();
+                put(
+                    &key("attention.sliding_window_pattern"),
+                    Value::Array(Array::Bool(local)),
+                );
+            }
+        }
+        // The local layers' rope base, where the config sets one other than llama.cpp's 10000.
+        let local_theta = config
+            .get("rope_local_base_freq")
+            .and_then(Json::as_f64)
+            .or_else(|| {
+                config
+                    .pointer("/rope_parameters/sliding_attention/rope_theta")?
+                    .as_f64()
+            });
+        if let Some(t) = local_theta.filter(|t| *t != 10_000.0 && arch_name == "gemma3") {
+            put(&key("rope.freq_base_swa"), Value::F32(t as f32));
+        }
     }
     // Linear rope scaling is a metadata key; llama3-style scaling becomes the
     // rope_freqs tensor (see `llama3_rope_factors`).
-    if let Some(rs) = config.get("rope_scaling").filter(|v| v.is_object()) {
+    if let Some(rs) = rope_scaling(config) {
         let ty = rs
             .get("rope_type")
             .or_else(|| rs.get("type"))
@@ -100,11 +150,11 @@ pub fn model_metadata(
 /// llama-3 rope scaling: one factor per rotary frequency, written as the `rope_freqs`
 /// tensor. `None` unless config.json asks for `rope_type: llama3`.
 pub fn llama3_rope_factors(config: &Json, head_dim: u64) -> Option<Vec<f32>> {
-    let rs = config.get("rope_scaling")?;
+    let rs = rope_scaling(config)?;
     if rs.get("rope_type").or_else(|| rs.get("type"))?.as_str()? != "llama3" {
         return None;
     }
-    let theta = f(config, &["rope_theta"]).unwrap_or(10_000.0);
+    let theta = rope_theta(config).unwrap_or(10_000.0);
     let factor = rs.get("factor")?.as_f64()?;
     let low = rs
         .get("low_freq_factor")
@@ -205,5 +255,14 @@ mod tests {
         assert_eq!(f[63], 8.0, "low frequencies are scaled by the factor");
         assert!(f.windows(2).all(|w| w[0] <= w[1]));
         assert!(llama3_rope_factors(&serde_json::json!({}), 128).is_none());
+        // transformers 5 layout
+        let v5 = serde_json::json!({"rope_parameters": {"rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+            "rope_type": "llama3"}});
+        assert_eq!(llama3_rope_factors(&v5, 128).unwrap(), f);
+        assert_eq!(rope_theta(&v5), Some(500000.0));
+        let plain =
+            serde_json::json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}});
+        assert!(rope_scaling(&plain).is_none());
     }
 }
