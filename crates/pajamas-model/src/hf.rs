@@ -158,8 +158,8 @@ impl HfModel {
         Some(&self.shards[si].tensors()[ti])
     }
 
-    /// Raw bytes of one tensor (maps its shard on first use).
-    pub fn data(&self, name: &str) -> Result<TensorData<'_>> {
+    /// The shard holding tensor `name`.
+    fn shard_of(&self, name: &str) -> Result<&SafetensorsFile> {
         let &(si, _) = self
             .locations
             .get(name)
@@ -167,32 +167,23 @@ impl HfModel {
                 model: self.dir.clone(),
                 tensor: name.to_string(),
             })?;
-        self.shards[si].data(name)
+        Ok(&self.shards[si])
     }
 
-    /// One tensor decoded to f32.
+    /// Raw bytes of one tensor (maps its shard on first use).
+    pub fn data(&self, name: &str) -> Result<TensorData<'_>> {
+        self.shard_of(name)?.data(name)
+    }
+
+    /// One tensor decoded to f32 (through the memory map).
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let &(si, _) = self
-            .locations
-            .get(name)
-            .ok_or_else(|| ModelError::NoSuchTensor {
-                model: self.dir.clone(),
-                tensor: name.to_string(),
-            })?;
-        self.shards[si].read_f32(name)
+        self.shard_of(name)?.read_f32(name)
     }
 
     /// One tensor read with a positioned read (no mmap) and decoded to f32; see
     /// [`SafetensorsFile::read_f32_streaming`].
     pub fn read_f32_streaming(&self, name: &str) -> Result<Vec<f32>> {
-        let &(si, _) = self
-            .locations
-            .get(name)
-            .ok_or_else(|| ModelError::NoSuchTensor {
-                model: self.dir.clone(),
-                tensor: name.to_string(),
-            })?;
-        self.shards[si].read_f32_streaming(name)
+        self.shard_of(name)?.read_f32_streaming(name)
     }
 
     /// Total header bytes read across shards (weights are never read by `open`).
