@@ -1,0 +1,28 @@
+//! A CPU forward pass for dense llama-family checkpoints (llama, SmolLM2, Mistral, qwen2,
+//! qwen3) in f32, batched over a whole chunk of tokens.
+//!
+//! - [`WeightSource`] is where tensors come from, by their HuggingFace names;
+//!   [`HfSource`] reads an HF folder through `pajamas-model`. Another source (GGUF) only
+//!   has to implement the trait.
+//! - [`Model`] holds the weights and computes logits `[n_tokens x vocab]` for a token
+//!   sequence at positions `0..n`.
+//! - [`LinearHook`] is called with the input activations of every linear layer, before
+//!   the product, so an importance matrix can be accumulated.
+//! - [`perplexity()`] scores a token stream the way `llama-perplexity` does.
+//!
+//! See `docs/runtime.md`.
+
+pub mod config;
+pub mod error;
+pub mod hook;
+pub mod model;
+pub mod ops;
+pub mod perplexity;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use error::{Result, RuntimeError};
+pub use hook::{LinearHook, LinearInput, NoHook};
+pub use model::{LayerWeights, Linear, Model};
+pub use perplexity::{perplexity, perplexity_with_hook, Perplexity};
+pub use weights::{HfSource, WeightSource};

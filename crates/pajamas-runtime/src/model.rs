@@ -1,0 +1,271 @@
+//! The weights and the forward pass.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::ModelConfig;
+use crate::error::{Result, RuntimeError};
+use crate::hook::{LinearHook, LinearInput, NoHook};
+use crate::ops::{self, AttentionShape};
+use crate::weights::{HfSource, WeightSource};
+
+/// One linear layer, `y = x W^T + b`, with `W` `[out_features x in_features]` row-major.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// HF name of the weight tensor.
+    pub tensor: String,
+    pub weight: Arc<[f32]>,
+    pub bias: Option<Vec<f32>>,
+    pub out_features: usize,
+    pub in_features: usize,
+}
+
+impl Linear {
+    fn load(src: &dyn WeightSource, name: &str, out: usize, inp: usize) -> Result<Self> {
+        let weight = read_checked(src, &format!("{name}.weight"), &[out, inp])?;
+        let bias_name = format!("{name}.bias");
+        let bias = if src.has_tensor(&bias_name) {
+            Some(read_checked(src, &bias_name, &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            tensor: format!("{name}.weight"),
+            weight: weight.into(),
+            bias,
+            out_features: out,
+            in_features: inp,
+        })
+    }
+
+    /// `x` `[n x in_features]` -> `[n x out_features]`, reporting `x` to the hook first.
+    fn apply(
+        &self,
+        layer: usize,
+        name: &'static str,
+        x: &[f32],
+        n: usize,
+        hook: &mut dyn LinearHook,
+    ) -> Vec<f32> {
+        hook.before_linear(&LinearInput {
+            layer,
+            name,
+            tensor: &self.tensor,
+            data: x,
+            n_tokens: n,
+            in_features: self.in_features,
+        });
+        let mut y = vec![0.0f32; n * self.out_features];
+        ops::matmul_wt(
+            x,
+            n,
+            self.in_features,
+            &self.weight,
+            self.out_features,
+            &mut y,
+        );
+        if let Some(b) = &self.bias {
+            ops::add_bias(&mut y, b);
+        }
+        y
+    }
+}
+
+/// The weights of one decoder layer.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub input_layernorm: Vec<f32>,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    /// Per-head RMSNorm weights `[head_dim]` (qwen3).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub post_attention_layernorm: Vec<f32>,
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+/// A dense llama-family model held in f32.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub config: ModelConfig,
+    /// `[vocab x hidden]`.
+    pub embed_tokens: Arc<[f32]>,
+    pub layers: Vec<LayerWeights>,
+    pub norm: Vec<f32>,
+    /// The output head; shares `embed_tokens` when the embeddings are tied.
+    pub lm_head: Linear,
+}
+
+fn read_checked(src: &dyn WeightSource, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+    if !src.has_tensor(name) {
+        return Err(RuntimeError::MissingTensor(name.to_string()));
+    }
+    let (shape, data) = src.read_tensor(name)?;
+    if shape != expected || data.len() != expected.iter().product::<usize>() {
+        return Err(RuntimeError::Shape {
+            name: name.to_string(),
+            found: shape,
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(data)
+}
+
+impl Model {
+    /// Opens an HF folder and loads every weight as f32.
+    pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load(&HfSource::open(dir)?)
+    }
+
+    /// Loads every weight from `src`.
+    pub fn load(src: &dyn WeightSource) -> Result<Self> {
+        let c = src.config()?;
+        let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let embed: Arc<[f32]> =
+            read_checked(src, "model.embed_tokens.weight", &[c.vocab_size, h])?.into();
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let p = format!("model.layers.{i}.");
+            let attn = |n: &str, out: usize, inp: usize| {
+                Linear::load(src, &format!("{p}self_attn.{n}"), out, inp)
+            };
+            let mlp = |n: &str, out: usize, inp: usize| {
+                Linear::load(src, &format!("{p}mlp.{n}"), out, inp)
+            };
+            let qk_norm = |n: &str| -> Result<Option<Vec<f32>>> {
+                if c.qk_norm {
+                    Ok(Some(read_checked(
+                        src,
+                        &format!("{p}self_attn.{n}.weight"),
+                        &[hd],
+                    )?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(LayerWeights {
+                input_layernorm: read_checked(src, &format!("{p}input_layernorm.weight"), &[h])?,
+                q_proj: attn("q_proj", c.q_dim(), h)?,
+                k_proj: attn("k_proj", c.kv_dim(), h)?,
+                v_proj: attn("v_proj", c.kv_dim(), h)?,
+                o_proj: attn("o_proj", h, c.q_dim())?,
+                q_norm: qk_norm("q_norm")?,
+                k_norm: qk_norm("k_norm")?,
+                post_attention_layernorm: read_checked(
+                    src,
+                    &format!("{p}post_attention_layernorm.weight"),
+                    &[h],
+                )?,
+                gate_proj: mlp("gate_proj", inter, h)?,
+                up_proj: mlp("up_proj", inter, h)?,
+                down_proj: mlp("down_proj", h, inter)?,
+            });
+        }
+        let norm = read_checked(src, "model.norm.weight", &[h])?;
+        // Some tied checkpoints still carry lm_head.weight; use it when present.
+        let lm_head = if src.has_tensor("lm_head.weight") || !c.tie_word_embeddings {
+            Linear::load(src, "lm_head", c.vocab_size, h)?
+        } else {
+            Linear {
+                tensor: "model.embed_tokens.weight".to_string(),
+                weight: embed.clone(),
+                bias: None,
+                out_features: c.vocab_size,
+                in_features: h,
+            }
+        };
+        Ok(Model {
+            config: c,
+            embed_tokens: embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Logits `[n_tokens x vocab]` for `tokens` at positions `0..n_tokens`.
+    pub fn forward(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.forward_rows(tokens, 0, &mut NoHook)
+    }
+
+    /// [`Model::forward`], reporting every linear layer's input to `hook`.
+    pub fn forward_with_hook(&self, tokens: &[u32], hook: &mut dyn LinearHook) -> Result<Vec<f32>> {
+        self.forward_rows(tokens, 0, hook)
+    }
+
+    /// Runs the whole sequence but computes the final norm and the head only for
+    /// positions `first_row..n_tokens`: returns `[(n_tokens - first_row) x vocab]`. The
+    /// hook sees the head's input for those rows only.
+    pub fn forward_rows(
+        &self,
+        tokens: &[u32],
+        first_row: usize,
+        hook: &mut dyn LinearHook,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(RuntimeError::Input("empty token sequence".into()));
+        }
+        if first_row >= n {
+            return Err(RuntimeError::Input(format!(
+                "first logits row {first_row} is past the {n} tokens"
+            )));
+        }
+        let h = c.hidden_size;
+        let mut x = Vec::with_capacity(n * h);
+        for &t in tokens {
+            let t = t as usize;
+            if t >= c.vocab_size {
+                return Err(RuntimeError::Input(format!(
+                    "token id {t} out of range (vocab {})",
+                    c.vocab_size
+                )));
+            }
+            x.extend_from_slice(&self.embed_tokens[t * h..(t + 1) * h]);
+        }
+        let (cos, sin) = ops::rope_tables(n, c.head_dim, c.rope_theta);
+        let shape = AttentionShape {
+            n_tokens: n,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            window: c.sliding_window,
+        };
+        let eps = c.rms_norm_eps;
+        let mut a = vec![0.0f32; n * h];
+        let mut attn_out = vec![0.0f32; n * c.q_dim()];
+        for (li, l) in self.layers.iter().enumerate() {
+            ops::rms_norm(&x, &l.input_layernorm, eps, &mut a);
+            let mut q = l.q_proj.apply(li, "q_proj", &a, n, hook);
+            let mut k = l.k_proj.apply(li, "k_proj", &a, n, hook);
+            let v = l.v_proj.apply(li, "v_proj", &a, n, hook);
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                ops::rms_norm_inplace(&mut q, qn, eps);
+                ops::rms_norm_inplace(&mut k, kn, eps);
+            }
+            ops::apply_rope(&mut q, c.n_heads, c.head_dim, &cos, &sin);
+            ops::apply_rope(&mut k, c.n_kv_heads, c.head_dim, &cos, &sin);
+            ops::attention(&q, &k, &v, shape, &mut attn_out);
+            drop((q, k, v));
+            let o = l.o_proj.apply(li, "o_proj", &attn_out, n, hook);
+            ops::add_inplace(&mut x, &o);
+            drop(o);
+            ops::rms_norm(&x, &l.post_attention_layernorm, eps, &mut a);
+            let mut g = l.gate_proj.apply(li, "gate_proj", &a, n, hook);
+            let u = l.up_proj.apply(li, "up_proj", &a, n, hook);
+            ops::silu_mul(&mut g, &u);
+            drop(u);
+            let d = l.down_proj.apply(li, "down_proj", &g, n, hook);
+            ops::add_inplace(&mut x, &d);
+        }
+        let rows = n - first_row;
+        let mut fin = vec![0.0f32; rows * h];
+        ops::rms_norm(&x[first_row * h..], &self.norm, eps, &mut fin);
+        Ok(self.lm_head.apply(c.n_layers, "lm_head", &fin, rows, hook))
+    }
+}
