@@ -24,7 +24,9 @@ if [ -z "$PY" ]; then
         "$PY" -m pip install -q torch transformers
     fi
 fi
-"$PY" -m pip install -q cmake sentencepiece numpy safetensors >/dev/null
+"$PY" -m pip install -q sentencepiece numpy safetensors >/dev/null
+# cmake: Debian's (apt-get install cmake); PyPI's may build from source for minutes.
+command -v cmake >/dev/null || { echo "bench_e2e.sh: needs cmake (apt-get install cmake)" >&2; exit 1; }
 
 src="$work/llama-cpp-python-$VERSION"
 if [ ! -d "$src" ]; then
@@ -36,7 +38,7 @@ fi
 lcpp="$src/vendor/llama.cpp"
 quantize_bin="$lcpp/build/bin/llama-quantize"
 if [ ! -x "$quantize_bin" ]; then
-    cmake_bin="$(dirname "$PY")/cmake"
+    cmake_bin=cmake
     "$cmake_bin" -S "$lcpp" -B "$lcpp/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
         -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
     "$cmake_bin" --build "$lcpp/build" -j"$(nproc)" --target llama-quantize >/dev/null
