@@ -54,6 +54,15 @@ impl<'a> Cfg<'a> {
             .collect()
     }
 
+    /// The `architectures` list (class names such as `LlamaForCausalLM`).
+    pub fn architectures(&self) -> Vec<String> {
+        self.str_list(&["architectures"])
+            .unwrap_or_default()
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
     pub fn u64_list(&self, keys: &[&str]) -> Option<Vec<u64>> {
         self.get(keys)?
             .as_array()?

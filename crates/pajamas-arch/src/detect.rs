@@ -512,12 +512,7 @@ fn detect_decoder(outer: Cfg, outer_type: &str) -> Result<ArchitectureInfo, Dete
     Ok(ArchitectureInfo {
         modality: Modality::Llm,
         model_type,
-        architectures: outer
-            .str_list(&["architectures"])
-            .unwrap_or_default()
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        architectures: outer.architectures(),
         family,
         known_model_type: known,
         hidden_size: h,

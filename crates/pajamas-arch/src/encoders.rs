@@ -119,12 +119,7 @@ fn base(
     ArchitectureInfo {
         modality,
         model_type: model_type.to_string(),
-        architectures: root
-            .str_list(&["architectures"])
-            .unwrap_or_default()
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        architectures: root.architectures(),
         family,
         known_model_type: known,
         hidden_size: t.h,
