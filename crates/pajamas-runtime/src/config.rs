@@ -1,14 +1,64 @@
-//! The hyper-parameters the forward pass needs, read from an HF `config.json`.
+//! The hyper-parameters the forward pass needs, read from an HF `config.json` or from a
+//! GGUF file's metadata.
 
+use pajamas_gguf::GgufFile;
 use serde_json::Value;
 
 use crate::error::{Result, RuntimeError};
 
-/// Dense llama-family hyper-parameters.
+/// The decoder families the forward pass implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// llama, SmolLM2, Mistral, Llama 3: pre-norm, SwiGLU.
+    Llama,
+    /// qwen2: llama with q/k/v biases.
+    Qwen2,
+    /// qwen3: llama with per-head q/k RMSNorm.
+    Qwen3,
+    /// Gemma 3: scaled embeddings, `(1 + w)` norms, sandwich norms around attention and
+    /// MLP, GeGLU (tanh GELU), per-head q/k norm, interleaved local/global layers.
+    Gemma3,
+}
+
+impl Family {
+    fn from_model_type(t: &str) -> Option<Family> {
+        Some(match t {
+            "llama" | "mistral" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            "gemma3" | "gemma3_text" => Family::Gemma3,
+            _ => return None,
+        })
+    }
+}
+
+/// How positions are rotated in one kind of layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    /// Base frequency.
+    pub theta: f64,
+    /// Per rotary frequency divisors (Llama 3's `rope_freqs`), `head_dim / 2` values.
+    pub freq_factors: Option<Vec<f32>>,
+    /// Linear position scaling: angles are divided by this (1.0 = none).
+    pub linear_factor: f64,
+}
+
+impl Rope {
+    fn plain(theta: f64) -> Rope {
+        Rope {
+            theta,
+            freq_factors: None,
+            linear_factor: 1.0,
+        }
+    }
+}
+
+/// Dense decoder hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
-    /// `model_type`: `llama`, `mistral`, `qwen2` or `qwen3`.
+    /// HF `model_type` (for a GGUF: the model type its architecture converts from).
     pub model_type: String,
+    pub family: Family,
     pub hidden_size: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
@@ -17,16 +67,26 @@ pub struct ModelConfig {
     pub n_layers: usize,
     pub vocab_size: usize,
     pub rms_norm_eps: f32,
-    pub rope_theta: f64,
+    /// RoPE of the full-attention layers.
+    pub rope: Rope,
+    /// RoPE of the sliding-window layers where it differs (Gemma 3's local base).
+    pub rope_local: Option<Rope>,
     pub tie_word_embeddings: bool,
-    /// RMSNorm of each query and key head before RoPE (qwen3).
+    /// RMSNorm of each query and key head before RoPE (qwen3, gemma3).
     pub qk_norm: bool,
-    /// Keys further back than this many positions are masked (Mistral's
-    /// `sliding_window`); `None` is full causal attention.
+    /// Window of the sliding layers: keys this many positions back or further are
+    /// masked. `None`: every layer attends to the whole causal prefix.
     pub sliding_window: Option<usize>,
+    /// Which layers use the window (`n_layers` values; all true for Mistral).
+    pub layer_sliding: Vec<bool>,
+    /// Scale of the attention scores (`1/sqrt(head_dim)`, Gemma 3:
+    /// `query_pre_attn_scalar^-0.5`).
+    pub attn_scale: f32,
+    /// `cap * tanh(logits / cap)` on the output logits (Gemma 2 style), if set.
+    pub final_logit_softcap: Option<f32>,
 }
 
-const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma3";
 
 fn get_usize(cfg: &Value, key: &str) -> Result<Option<usize>> {
     match cfg.get(key) {
@@ -52,23 +112,102 @@ fn get_f64(cfg: &Value, key: &str) -> Result<Option<f64>> {
     }
 }
 
-/// Rejects rope scaling we do not implement: only plain (`default`) RoPE is supported.
-fn check_rope_type(block: Option<&Value>) -> Result<()> {
-    let Some(b) = block.filter(|b| !b.is_null()) else {
-        return Ok(());
-    };
-    let kind = b
-        .get("rope_type")
-        .or_else(|| b.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    if kind == "default" {
-        Ok(())
-    } else {
-        Err(RuntimeError::Config(format!(
-            "rope scaling type {kind:?} is not supported yet"
-        )))
+/// The rope block of the full-attention layers: `rope_scaling` (transformers 4) or
+/// `rope_parameters` (transformers 5, nested per layer type for Gemma 3).
+fn rope_block(cfg: &Value) -> Option<&Value> {
+    if let Some(rs) = cfg.get("rope_scaling").filter(|v| v.is_object()) {
+        return Some(rs);
     }
+    let rp = cfg.get("rope_parameters").filter(|v| v.is_object())?;
+    Some(rp.get("full_attention").unwrap_or(rp))
+}
+
+fn rope_kind(block: &Value) -> &str {
+    block
+        .get("rope_type")
+        .or_else(|| block.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+}
+
+/// The global layers' RoPE from an HF config: plain, linear or Llama 3 scaling.
+fn hf_rope(cfg: &Value, head_dim: usize) -> Result<Rope> {
+    let theta = pajamas_convert::metadata::rope_theta(cfg).unwrap_or(10000.0);
+    let mut rope = Rope::plain(theta);
+    let Some(block) = rope_block(cfg) else {
+        return Ok(rope);
+    };
+    match rope_kind(block) {
+        "default" => {}
+        "linear" => {
+            rope.linear_factor = get_f64(block, "factor")?.ok_or_else(|| {
+                RuntimeError::Config("linear rope scaling without a factor".into())
+            })?
+        }
+        "llama3" => {
+            let factors = pajamas_convert::metadata::llama3_rope_factors(cfg, head_dim as u64)
+                .ok_or_else(|| {
+                    RuntimeError::Config("llama3 rope scaling without a factor".into())
+                })?;
+            rope.freq_factors = Some(factors);
+        }
+        other => {
+            return Err(RuntimeError::Config(format!(
+                "rope scaling type {other:?} is not supported (supported: default, linear, llama3)"
+            )))
+        }
+    }
+    Ok(rope)
+}
+
+/// Gemma 3's local layers: `rope_local_base_freq` (transformers 4) or
+/// `rope_parameters.sliding_attention.rope_theta` (5); 10000 when neither is set.
+fn hf_rope_local(cfg: &Value) -> Result<Rope> {
+    let theta = match get_f64(cfg, "rope_local_base_freq")? {
+        Some(t) => t,
+        None => cfg
+            .pointer("/rope_parameters/sliding_attention/rope_theta")
+            .and_then(Value::as_f64)
+            .unwrap_or(10000.0),
+    };
+    Ok(Rope::plain(theta))
+}
+
+/// Gemma 3's layer pattern: `layer_types` when present, else every `pattern`-th layer
+/// is global (`sliding_window_pattern`, default 6).
+fn gemma_layer_sliding(cfg: &Value, n_layers: usize) -> Result<Vec<bool>> {
+    if let Some(types) = cfg.get("layer_types").and_then(Value::as_array) {
+        if types.len() != n_layers {
+            return Err(RuntimeError::Config(format!(
+                "layer_types has {} entries for {n_layers} layers",
+                types.len()
+            )));
+        }
+        return Ok(types
+            .iter()
+            .map(|t| t.as_str() == Some("sliding_attention"))
+            .collect());
+    }
+    let pattern = match get_usize(cfg, "sliding_window_pattern")? {
+        Some(p) => p,
+        None => get_usize(cfg, "_sliding_window_pattern")?.unwrap_or(6),
+    }
+    .max(1);
+    Ok((0..n_layers).map(|i| (i + 1) % pattern != 0).collect())
+}
+
+fn check_heads(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<()> {
+    if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
+        return Err(RuntimeError::Config(format!(
+            "{n_heads} query heads cannot be grouped over {n_kv_heads} KV heads"
+        )));
+    }
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        return Err(RuntimeError::Config(format!(
+            "head_dim {head_dim} must be even and positive"
+        )));
+    }
+    Ok(())
 }
 
 impl ModelConfig {
@@ -79,67 +218,181 @@ impl ModelConfig {
             .and_then(Value::as_str)
             .ok_or_else(|| RuntimeError::Config("missing model_type".into()))?
             .to_string();
-        if !SUPPORTED.contains(&model_type.as_str()) {
-            return Err(RuntimeError::Config(format!(
-                "model_type {model_type:?} is not supported (supported: {})",
-                SUPPORTED.join(", ")
-            )));
-        }
+        let family = Family::from_model_type(&model_type).ok_or_else(|| {
+            RuntimeError::Config(format!(
+                "model_type {model_type:?} is not supported (supported: {SUPPORTED})"
+            ))
+        })?;
         let hidden_size = need_usize(cfg, "hidden_size")?;
         let n_heads = need_usize(cfg, "num_attention_heads")?;
         let n_kv_heads = get_usize(cfg, "num_key_value_heads")?.unwrap_or(n_heads);
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(RuntimeError::Config(format!(
-                "{n_heads} query heads cannot be grouped over {n_kv_heads} KV heads"
-            )));
-        }
         let head_dim = match get_usize(cfg, "head_dim")? {
             Some(d) => d,
-            None => hidden_size / n_heads,
+            None => hidden_size / n_heads.max(1),
         };
-        if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(RuntimeError::Config(format!(
-                "head_dim {head_dim} must be even and positive"
-            )));
-        }
-        check_rope_type(cfg.get("rope_scaling"))?;
-        check_rope_type(cfg.get("rope_parameters"))?;
-        // transformers 5 moved rope_theta into rope_parameters.
-        let rope_theta = match get_f64(cfg, "rope_theta")? {
-            Some(t) => t,
-            None => match cfg.get("rope_parameters") {
-                Some(p) => get_f64(p, "rope_theta")?.unwrap_or(10000.0),
-                None => 10000.0,
-            },
-        };
-        let sliding_window = match model_type.as_str() {
-            "mistral" => get_usize(cfg, "sliding_window")?,
+        check_heads(n_heads, n_kv_heads, head_dim)?;
+        let n_layers = need_usize(cfg, "num_hidden_layers")?;
+        let gemma = family == Family::Gemma3;
+        let rope = hf_rope(cfg, head_dim)?;
+        let (sliding_window, layer_sliding, rope_local) = match family {
+            Family::Gemma3 => (
+                get_usize(cfg, "sliding_window")?,
+                gemma_layer_sliding(cfg, n_layers)?,
+                Some(hf_rope_local(cfg)?),
+            ),
+            Family::Llama if model_type == "mistral" => {
+                let w = get_usize(cfg, "sliding_window")?;
+                (w, vec![w.is_some(); n_layers], None)
+            }
             _ => {
                 if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
                     return Err(RuntimeError::Config(
                         "use_sliding_window is not supported yet".into(),
                     ));
                 }
-                None
+                (None, vec![false; n_layers], None)
             }
         };
+        let attn_scale = match (gemma, get_f64(cfg, "query_pre_attn_scalar")?) {
+            (true, Some(s)) => (1.0 / s.sqrt()) as f32,
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        };
+        if get_f64(cfg, "attn_logit_softcapping")?.is_some() {
+            return Err(RuntimeError::Config(
+                "attn_logit_softcapping is not supported".into(),
+            ));
+        }
         Ok(ModelConfig {
-            qk_norm: model_type == "qwen3",
+            family,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
             hidden_size,
             n_heads,
             n_kv_heads,
             head_dim,
             intermediate_size: need_usize(cfg, "intermediate_size")?,
-            n_layers: need_usize(cfg, "num_hidden_layers")?,
+            n_layers,
             vocab_size: need_usize(cfg, "vocab_size")?,
             rms_norm_eps: get_f64(cfg, "rms_norm_eps")?.unwrap_or(1e-6) as f32,
-            rope_theta,
+            rope,
+            rope_local,
             tie_word_embeddings: cfg
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
-                .unwrap_or(false),
+                .unwrap_or(gemma),
             sliding_window,
+            layer_sliding,
+            attn_scale,
+            final_logit_softcap: get_f64(cfg, "final_logit_softcapping")?.map(|c| c as f32),
             model_type,
+        })
+    }
+
+    /// Reads the `<arch>.*` keys of a GGUF file, interpreting them the way llama.cpp
+    /// does (e.g. the `llama` architecture ignores a sliding window, Gemma 3's attention
+    /// scale is `1/sqrt(head_dim)`).
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        let path = f.path().display().to_string();
+        let err = |m: String| RuntimeError::Config(format!("{path}: {m}"));
+        let arch = f
+            .architecture()
+            .ok_or_else(|| err("no general.architecture".into()))?
+            .to_string();
+        let (family, model_type) = match arch.as_str() {
+            "llama" => (Family::Llama, "llama"),
+            "qwen2" => (Family::Qwen2, "qwen2"),
+            "qwen3" => (Family::Qwen3, "qwen3"),
+            "gemma3" => (Family::Gemma3, "gemma3_text"),
+            other => {
+                return Err(err(format!(
+                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen3, gemma3)"
+                )))
+            }
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let uint = |k: &str| -> Option<usize> {
+            match f.get(&key(k))? {
+                pajamas_gguf::Value::Array(a) => (0..a.len())
+                    .filter_map(|i| a.get(i)?.as_uint())
+                    .max()
+                    .map(|v| v as usize),
+                v => v.as_uint().map(|v| v as usize),
+            }
+        };
+        let need = |k: &str| uint(k).ok_or_else(|| err(format!("missing {}", key(k))));
+        let float = |k: &str| f.get(&key(k)).and_then(|v| v.as_float());
+        let hidden_size = need("embedding_length")?;
+        let n_heads = need("attention.head_count")?;
+        let n_kv_heads = uint("attention.head_count_kv").unwrap_or(n_heads);
+        let head_dim = uint("attention.key_length").unwrap_or(hidden_size / n_heads.max(1));
+        check_heads(n_heads, n_kv_heads, head_dim)?;
+        let n_layers = need("block_count")?;
+        let embd = f
+            .tensor("token_embd.weight")
+            .ok_or_else(|| err("missing tensor token_embd.weight".into()))?;
+        let vocab_size = embd.dims.get(1).copied().unwrap_or(0) as usize;
+        let gemma = family == Family::Gemma3;
+        let mut rope = Rope::plain(float("rope.freq_base").unwrap_or(if gemma {
+            1_000_000.0
+        } else {
+            10_000.0
+        }));
+        if let Some(t) = f.tensor("rope_freqs.weight") {
+            let data = f.data_of(t).map_err(|e| err(e.to_string()))?;
+            let factors = pajamas_quant::dequantize_rows(t.ggml_type, data, t.n_elements as usize)
+                .map_err(|e| err(format!("rope_freqs.weight: {e}")))?;
+            if factors.len() != head_dim / 2 {
+                return Err(err(format!(
+                    "rope_freqs.weight has {} values, expected head_dim/2 = {}",
+                    factors.len(),
+                    head_dim / 2
+                )));
+            }
+            rope.freq_factors = Some(factors);
+        }
+        if f.get_str(&key("rope.scaling.type")) == Some("linear") {
+            if let Some(fac) = float("rope.scaling.factor").filter(|x| *x > 0.0) {
+                rope.linear_factor = fac;
+            }
+        }
+        let (sliding_window, layer_sliding, rope_local) = if gemma {
+            let pattern: Vec<bool> = match f.get(&key("attention.sliding_window_pattern")) {
+                Some(pajamas_gguf::Value::Array(pajamas_gguf::Array::Bool(b))) => b.clone(),
+                // llama.cpp's default for Gemma 3: five local layers, then a global one.
+                _ => (0..n_layers).map(|i| i % 6 < 5).collect(),
+            };
+            if pattern.len() != n_layers {
+                return Err(err(format!(
+                    "attention.sliding_window_pattern has {} entries for {n_layers} layers",
+                    pattern.len()
+                )));
+            }
+            (
+                uint("attention.sliding_window"),
+                pattern,
+                Some(Rope::plain(float("rope.freq_base_swa").unwrap_or(10_000.0))),
+            )
+        } else {
+            (None, vec![false; n_layers], None)
+        };
+        Ok(ModelConfig {
+            model_type: model_type.to_string(),
+            family,
+            hidden_size,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            intermediate_size: need("feed_forward_length")?,
+            n_layers,
+            vocab_size,
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
+            rope,
+            rope_local,
+            tie_word_embeddings: f.tensor("output.weight").is_none(),
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+            sliding_window,
+            layer_sliding,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            final_logit_softcap: float("final_logit_softcapping").map(|c| c as f32),
         })
     }
 
@@ -151,6 +404,11 @@ impl ModelConfig {
     /// Width of the key and value projection outputs, `n_kv_heads * head_dim`.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// Whether this is Gemma 3 (scaled embeddings, sandwich norms, GeGLU).
+    pub fn is_gemma(&self) -> bool {
+        self.family == Family::Gemma3
     }
 }
 
@@ -170,24 +428,51 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(c.head_dim, 32);
-        assert_eq!(c.rope_theta, 1e6);
+        assert_eq!(c.rope, Rope::plain(1e6));
         assert!(c.qk_norm && c.tie_word_embeddings);
         assert_eq!((c.q_dim(), c.kv_dim()), (128, 64));
     }
 
     #[test]
-    fn rejects_unknown_rope_scaling_and_models() {
+    fn llama3_scaling_and_unknown_models() {
         let base = json!({
             "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
             "intermediate_size": 128, "num_hidden_layers": 2, "vocab_size": 10,
-            "rope_scaling": {"rope_type": "llama3", "factor": 8.0}
+            "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
         });
-        assert!(ModelConfig::from_hf_config(&base).is_err());
+        let c = ModelConfig::from_hf_config(&base).unwrap();
+        let f = c.rope.freq_factors.as_ref().unwrap();
+        assert_eq!(f.len(), 8);
+        assert_eq!((f[0], f[7]), (1.0, 8.0));
+        let mut yarn = base.clone();
+        yarn["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
+        assert!(ModelConfig::from_hf_config(&yarn).is_err());
         let mut other = base.clone();
         other["rope_scaling"] = Value::Null;
         let c = ModelConfig::from_hf_config(&other).unwrap();
-        assert_eq!((c.head_dim, c.n_kv_heads, c.rope_theta), (16, 4, 10000.0));
-        other["model_type"] = json!("gemma3_text");
+        assert_eq!((c.head_dim, c.n_kv_heads), (16, 4));
+        assert_eq!(c.rope, Rope::plain(500000.0));
+        other["model_type"] = json!("phi3");
         assert!(ModelConfig::from_hf_config(&other).is_err());
+    }
+
+    #[test]
+    fn gemma3_layers_and_ropes() {
+        let c = ModelConfig::from_hf_config(&json!({
+            "model_type": "gemma3_text", "hidden_size": 64, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 128,
+            "num_hidden_layers": 7, "vocab_size": 10, "query_pre_attn_scalar": 256,
+            "sliding_window": 512, "sliding_window_pattern": 6, "rope_theta": 1e6,
+            "rope_local_base_freq": 10000.0,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0}
+        }))
+        .unwrap();
+        assert_eq!(c.layer_sliding, [true, true, true, true, true, false, true]);
+        assert_eq!(c.rope.linear_factor, 8.0);
+        assert_eq!(c.rope_local, Some(Rope::plain(10000.0)));
+        assert_eq!(c.attn_scale, 1.0 / 16.0);
+        assert!(c.tie_word_embeddings && c.qk_norm && c.is_gemma());
     }
 }

@@ -20,9 +20,9 @@ pub mod ops;
 pub mod perplexity;
 pub mod weights;
 
-pub use config::ModelConfig;
+pub use config::{Family, ModelConfig, Rope};
 pub use error::{Result, RuntimeError};
 pub use hook::{LinearHook, LinearInput, NoHook};
 pub use model::{LayerWeights, Linear, Model};
 pub use perplexity::{perplexity, perplexity_with_hook, Perplexity};
-pub use weights::{HfSource, WeightSource};
+pub use weights::{GgufSource, HfSource, WeightSource};

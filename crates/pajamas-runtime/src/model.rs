@@ -7,7 +7,7 @@ use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::hook::{LinearHook, LinearInput, NoHook};
 use crate::ops::{self, AttentionShape};
-use crate::weights::{HfSource, WeightSource};
+use crate::weights::{GgufSource, HfSource, WeightSource};
 
 /// One linear layer, `y = x W^T + b`, with `W` `[out_features x in_features]` row-major.
 #[derive(Debug, Clone)]
@@ -71,24 +71,32 @@ impl Linear {
     }
 }
 
-/// The weights of one decoder layer.
+/// The weights of one decoder layer. Norm weights are stored as the factor the
+/// normalised activations are multiplied by (for Gemma: `1 + w`).
 #[derive(Debug, Clone)]
 pub struct LayerWeights {
-    pub input_layernorm: Vec<f32>,
+    /// Norm before attention (`input_layernorm`).
+    pub attn_norm: Vec<f32>,
     pub q_proj: Linear,
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
-    /// Per-head RMSNorm weights `[head_dim]` (qwen3).
+    /// Per-head RMSNorm weights `[head_dim]` (qwen3, gemma3).
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
-    pub post_attention_layernorm: Vec<f32>,
+    /// Norm of the attention output before the residual add (Gemma 3).
+    pub attn_post_norm: Option<Vec<f32>>,
+    /// Norm before the MLP (`post_attention_layernorm`; Gemma 3:
+    /// `pre_feedforward_layernorm`).
+    pub ffn_norm: Vec<f32>,
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    /// Norm of the MLP output before the residual add (Gemma 3).
+    pub ffn_post_norm: Option<Vec<f32>>,
 }
 
-/// A dense llama-family model held in f32.
+/// A dense decoder held in f32.
 #[derive(Debug, Clone)]
 pub struct Model {
     pub config: ModelConfig,
@@ -121,10 +129,34 @@ impl Model {
         Self::load(&HfSource::open(dir)?)
     }
 
+    /// Opens one of our (or llama.cpp's) GGUF files and dequantizes every weight.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load(&GgufSource::open(path)?)
+    }
+
+    /// Opens an HF folder or a `.gguf` file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            Self::from_gguf(path)
+        } else {
+            Self::from_hf_dir(path)
+        }
+    }
+
     /// Loads every weight from `src`.
     pub fn load(src: &dyn WeightSource) -> Result<Self> {
         let c = src.config()?;
         let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let gemma = c.is_gemma();
+        let add_one = gemma && !src.norms_include_one();
+        let norm = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let mut w = read_checked(src, name, &[len])?;
+            if add_one {
+                w.iter_mut().for_each(|v| *v += 1.0);
+            }
+            Ok(w)
+        };
         let embed: Arc<[f32]> =
             read_checked(src, "model.embed_tokens.weight", &[c.vocab_size, h])?.into();
         let mut layers = Vec::with_capacity(c.n_layers);
@@ -136,36 +168,41 @@ impl Model {
             let mlp = |n: &str, out: usize, inp: usize| {
                 Linear::load(src, &format!("{p}mlp.{n}"), out, inp)
             };
-            let qk_norm = |n: &str| -> Result<Option<Vec<f32>>> {
-                if c.qk_norm {
-                    Ok(Some(read_checked(
-                        src,
-                        &format!("{p}self_attn.{n}.weight"),
-                        &[hd],
-                    )?))
+            let opt_norm = |present: bool, n: &str, len: usize| -> Result<Option<Vec<f32>>> {
+                if present {
+                    Ok(Some(norm(&format!("{p}{n}.weight"), len)?))
                 } else {
                     Ok(None)
                 }
             };
+            let (attn_post_norm, ffn_norm) = if gemma {
+                (
+                    opt_norm(true, "post_attention_layernorm", h)?,
+                    norm(&format!("{p}pre_feedforward_layernorm.weight"), h)?,
+                )
+            } else {
+                (
+                    None,
+                    norm(&format!("{p}post_attention_layernorm.weight"), h)?,
+                )
+            };
             layers.push(LayerWeights {
-                input_layernorm: read_checked(src, &format!("{p}input_layernorm.weight"), &[h])?,
+                attn_norm: norm(&format!("{p}input_layernorm.weight"), h)?,
                 q_proj: attn("q_proj", c.q_dim(), h)?,
                 k_proj: attn("k_proj", c.kv_dim(), h)?,
                 v_proj: attn("v_proj", c.kv_dim(), h)?,
                 o_proj: attn("o_proj", h, c.q_dim())?,
-                q_norm: qk_norm("q_norm")?,
-                k_norm: qk_norm("k_norm")?,
-                post_attention_layernorm: read_checked(
-                    src,
-                    &format!("{p}post_attention_layernorm.weight"),
-                    &[h],
-                )?,
+                q_norm: opt_norm(c.qk_norm, "self_attn.q_norm", hd)?,
+                k_norm: opt_norm(c.qk_norm, "self_attn.k_norm", hd)?,
+                attn_post_norm,
+                ffn_norm,
                 gate_proj: mlp("gate_proj", inter, h)?,
                 up_proj: mlp("up_proj", inter, h)?,
                 down_proj: mlp("down_proj", h, inter)?,
+                ffn_post_norm: opt_norm(gemma, "post_feedforward_layernorm", h)?,
             });
         }
-        let norm = read_checked(src, "model.norm.weight", &[h])?;
+        let final_norm = norm("model.norm.weight", h)?;
         // Some tied checkpoints still carry lm_head.weight; use it when present.
         let lm_head = if src.has_tensor("lm_head.weight") || !c.tie_word_embeddings {
             Linear::load(src, "lm_head", c.vocab_size, h)?
@@ -182,7 +219,7 @@ impl Model {
             config: c,
             embed_tokens: embed,
             layers,
-            norm,
+            norm: final_norm,
             lm_head,
         })
     }
@@ -228,19 +265,34 @@ impl Model {
             }
             x.extend_from_slice(&self.embed_tokens[t * h..(t + 1) * h]);
         }
-        let (cos, sin) = ops::rope_tables(n, c.head_dim, c.rope_theta);
-        let shape = AttentionShape {
-            n_tokens: n,
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            window: c.sliding_window,
-        };
+        if c.is_gemma() {
+            // Gemma scales the embeddings by sqrt(hidden), rounded to the compute dtype.
+            let scale = (h as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
+        let global = ops::RopeTable::new(n, c.head_dim, &c.rope);
+        let local = c
+            .rope_local
+            .as_ref()
+            .map(|r| ops::RopeTable::new(n, c.head_dim, r));
         let eps = c.rms_norm_eps;
         let mut a = vec![0.0f32; n * h];
         let mut attn_out = vec![0.0f32; n * c.q_dim()];
         for (li, l) in self.layers.iter().enumerate() {
-            ops::rms_norm(&x, &l.input_layernorm, eps, &mut a);
+            let sliding = c.layer_sliding.get(li).copied().unwrap_or(false);
+            let rope = match (&local, sliding) {
+                (Some(t), true) => t,
+                _ => &global,
+            };
+            let shape = AttentionShape {
+                n_tokens: n,
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+                window: if sliding { c.sliding_window } else { None },
+                scale: c.attn_scale,
+            };
+            ops::rms_norm(&x, &l.attn_norm, eps, &mut a);
             let mut q = l.q_proj.apply(li, "q_proj", &a, n, hook);
             let mut k = l.k_proj.apply(li, "k_proj", &a, n, hook);
             let v = l.v_proj.apply(li, "v_proj", &a, n, hook);
@@ -248,24 +300,38 @@ impl Model {
                 ops::rms_norm_inplace(&mut q, qn, eps);
                 ops::rms_norm_inplace(&mut k, kn, eps);
             }
-            ops::apply_rope(&mut q, c.n_heads, c.head_dim, &cos, &sin);
-            ops::apply_rope(&mut k, c.n_kv_heads, c.head_dim, &cos, &sin);
+            rope.apply(&mut q, c.n_heads);
+            rope.apply(&mut k, c.n_kv_heads);
             ops::attention(&q, &k, &v, shape, &mut attn_out);
             drop((q, k, v));
-            let o = l.o_proj.apply(li, "o_proj", &attn_out, n, hook);
+            let mut o = l.o_proj.apply(li, "o_proj", &attn_out, n, hook);
+            if let Some(w) = &l.attn_post_norm {
+                ops::rms_norm_inplace(&mut o, w, eps);
+            }
             ops::add_inplace(&mut x, &o);
             drop(o);
-            ops::rms_norm(&x, &l.post_attention_layernorm, eps, &mut a);
+            ops::rms_norm(&x, &l.ffn_norm, eps, &mut a);
             let mut g = l.gate_proj.apply(li, "gate_proj", &a, n, hook);
             let u = l.up_proj.apply(li, "up_proj", &a, n, hook);
-            ops::silu_mul(&mut g, &u);
+            if c.is_gemma() {
+                ops::gelu_tanh_mul(&mut g, &u);
+            } else {
+                ops::silu_mul(&mut g, &u);
+            }
             drop(u);
-            let d = l.down_proj.apply(li, "down_proj", &g, n, hook);
+            let mut d = l.down_proj.apply(li, "down_proj", &g, n, hook);
+            if let Some(w) = &l.ffn_post_norm {
+                ops::rms_norm_inplace(&mut d, w, eps);
+            }
             ops::add_inplace(&mut x, &d);
         }
         let rows = n - first_row;
         let mut fin = vec![0.0f32; rows * h];
         ops::rms_norm(&x[first_row * h..], &self.norm, eps, &mut fin);
-        Ok(self.lm_head.apply(c.n_layers, "lm_head", &fin, rows, hook))
+        let mut logits = self.lm_head.apply(c.n_layers, "lm_head", &fin, rows, hook);
+        if let Some(cap) = c.final_logit_softcap {
+            logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+        }
+        Ok(logits)
     }
 }

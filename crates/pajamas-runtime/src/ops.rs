@@ -98,20 +98,59 @@ pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
 /// each, computed as transformers does (f32 inverse frequencies, f32 angle
 /// `position * inv_freq`).
 pub fn rope_tables(n: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|d| (1.0 / theta.powf((2 * d) as f64 / head_dim as f64)) as f32)
-        .collect();
-    let mut cos = Vec::with_capacity(n * half);
-    let mut sin = Vec::with_capacity(n * half);
-    for p in 0..n {
-        for &f in &inv {
-            let a = (p as f32 * f) as f64;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
+    let t = RopeTable::new(
+        n,
+        head_dim,
+        &crate::config::Rope {
+            theta,
+            freq_factors: None,
+            linear_factor: 1.0,
+        },
+    );
+    (t.cos, t.sin)
+}
+
+/// Precomputed rotations for one RoPE configuration over positions `0..n`.
+#[derive(Debug, Clone)]
+pub struct RopeTable {
+    head_dim: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    /// Inverse frequencies `theta^(-2d/head_dim)` in f32, divided by the per-frequency
+    /// factors (Llama 3) and the linear factor, then f32 angles `position * inv_freq`.
+    pub fn new(n: usize, head_dim: usize, rope: &crate::config::Rope) -> RopeTable {
+        let half = head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|d| {
+                let mut f = (1.0 / rope.theta.powf((2 * d) as f64 / head_dim as f64)) as f32;
+                if let Some(fac) = &rope.freq_factors {
+                    f /= fac[d];
+                }
+                if rope.linear_factor != 1.0 {
+                    f /= rope.linear_factor as f32;
+                }
+                f
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            for &f in &inv {
+                let a = (p as f32 * f) as f64;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
         }
+        RopeTable { head_dim, cos, sin }
     }
-    (cos, sin)
+
+    /// Rotates `x` `[n x (heads * head_dim)]` in place.
+    pub fn apply(&self, x: &mut [f32], heads: usize) {
+        apply_rope(x, heads, self.head_dim, &self.cos, &self.sin);
+    }
 }
 
 /// Rotate-half RoPE in place on `x` `[n x (heads * head_dim)]`: within each head, the
@@ -143,17 +182,19 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Keys at distance >= window from the query are masked; `None`: full causal.
     pub window: Option<usize>,
+    /// Scale of the scores (usually `1/sqrt(head_dim)`).
+    pub scale: f32,
 }
 
 /// Grouped-query causal attention. `q` `[n x n_heads*hd]`, `k` and `v`
 /// `[n x n_kv_heads*hd]` (RoPE already applied), into `out` `[n x n_heads*hd]`. Query
-/// head h reads KV head `h / (n_heads / n_kv_heads)`; scores are scaled by 1/sqrt(hd).
+/// head h reads KV head `h / (n_heads / n_kv_heads)`; scores are multiplied by `s.scale`.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape, out: &mut [f32]) {
     let hd = s.head_dim;
     let qw = s.n_heads * hd;
     let kw = s.n_kv_heads * hd;
     let group = s.n_heads / s.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = s.scale;
     assert_eq!(q.len(), s.n_tokens * qw);
     assert_eq!(k.len(), s.n_tokens * kw);
     assert_eq!(v.len(), s.n_tokens * kw);
@@ -199,6 +240,21 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
         .for_each(|(g, u)| {
             for (g, &u) in g.iter_mut().zip(u) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        });
+}
+
+/// GeGLU with the tanh approximation of GELU (`gelu_pytorch_tanh`):
+/// `gate = gelu(gate) * up`, in place.
+pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    gate.par_chunks_mut(4096)
+        .zip(up.par_chunks(4096))
+        .for_each(|(g, u)| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                let x = *g;
+                let inner = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+                *g = 0.5 * x * (1.0 + inner.tanh()) * u;
             }
         });
 }
@@ -265,6 +321,7 @@ mod tests {
             n_kv_heads: 1,
             head_dim: 2,
             window: None,
+            scale: 1.0 / 2f32.sqrt(),
         };
         let q = vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0];
         let k = vec![1.0, 0.0, 0.0, 1.0];

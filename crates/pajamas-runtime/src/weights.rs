@@ -1,10 +1,13 @@
 //! Where tensors come from. The forward pass asks for tensors by their HuggingFace names
 //! (`model.layers.0.self_attn.q_proj.weight`, ...) and gets f32 data with its shape
-//! (PyTorch order, outermost first). A GGUF source will map those names onto GGUF names
-//! and dequantize; nothing else has to change.
+//! (PyTorch order, outermost first). [`GgufSource`] maps those names onto GGUF names and
+//! dequantizes, so a quantized file runs through the same forward pass as its original
+//! and the difference between the two is the quantization error.
 
 use std::path::Path;
 
+use pajamas_convert::names::{map_name, rope_permutation, Transform};
+use pajamas_gguf::GgufFile;
 use pajamas_model::HfModel;
 
 use crate::config::ModelConfig;
@@ -19,6 +22,11 @@ pub trait WeightSource {
     /// Tensor `name` as f32, with its shape. A missing tensor is
     /// [`RuntimeError::MissingTensor`].
     fn read_tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+    /// Whether Gemma-style RMSNorm weights already include the `+ 1` (GGUF stores
+    /// `1 + w`; HF checkpoints store `w`).
+    fn norms_include_one(&self) -> bool {
+        false
+    }
 }
 
 /// A HuggingFace folder (`config.json` + safetensors) read through `pajamas-model`.
@@ -63,5 +71,105 @@ impl WeightSource for HfSource {
         let shape = info.shape.iter().map(|&d| d as usize).collect();
         let data = self.model.read_f32_streaming(name)?;
         Ok((shape, data))
+    }
+}
+
+/// A GGUF file (ours or llama.cpp's): tensors are found by mapping HF names to GGUF
+/// names, dequantized to f32, and llama-architecture q/k rows are put back in HF's
+/// rotate-half order.
+#[derive(Debug)]
+pub struct GgufSource {
+    file: GgufFile,
+    config: ModelConfig,
+}
+
+impl GgufSource {
+    /// Opens a GGUF file (the header is validated; data is mapped on first read).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = GgufFile::open(path)
+            .map_err(|e| RuntimeError::Config(format!("{}: {e}", path.display())))?;
+        Self::new(file)
+    }
+
+    /// Wraps an opened file.
+    pub fn new(file: GgufFile) -> Result<Self> {
+        let config = ModelConfig::from_gguf(&file)?;
+        Ok(GgufSource { file, config })
+    }
+
+    /// The underlying file.
+    pub fn gguf(&self) -> &GgufFile {
+        &self.file
+    }
+
+    fn locate(&self, hf_name: &str) -> Option<(String, Transform)> {
+        let c = &self.config;
+        map_name(
+            hf_name,
+            &c.model_type,
+            c.n_heads as u64,
+            c.n_kv_heads as u64,
+        )
+    }
+
+    fn tensor_error(&self, name: &str, message: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::Config(format!(
+            "{}: tensor {name}: {message}",
+            self.file.path().display()
+        ))
+    }
+}
+
+impl WeightSource for GgufSource {
+    fn config(&self) -> Result<ModelConfig> {
+        Ok(self.config.clone())
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.locate(name)
+            .is_some_and(|(g, _)| self.file.tensor(&g).is_some())
+    }
+
+    fn read_tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (gguf_name, transform) = self
+            .locate(name)
+            .ok_or_else(|| RuntimeError::MissingTensor(name.to_string()))?;
+        let info = self
+            .file
+            .tensor(&gguf_name)
+            .ok_or_else(|| RuntimeError::MissingTensor(format!("{gguf_name} (for {name})")))?;
+        let shape: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
+        let row = info.dims.first().copied().unwrap_or(1) as usize;
+        let bytes = self
+            .file
+            .data_of(info)
+            .map_err(|e| self.tensor_error(&gguf_name, e))?;
+        let data = pajamas_quant::dequantize_rows(info.ggml_type, bytes, row)
+            .map_err(|e| self.tensor_error(&gguf_name, e))?;
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(self.tensor_error(
+                &gguf_name,
+                format!("value {i} is {} after dequantization", data[i]),
+            ));
+        }
+        let data = match transform {
+            Transform::RopePermute { heads } => {
+                let rows = data.len() / row.max(1);
+                let perm = rope_permutation(rows, heads as usize);
+                let mut out = vec![0.0f32; data.len()];
+                for (gguf_row, &hf_row) in perm.iter().enumerate() {
+                    out[hf_row * row..(hf_row + 1) * row]
+                        .copy_from_slice(&data[gguf_row * row..(gguf_row + 1) * row]);
+                }
+                out
+            }
+            Transform::None | Transform::AddOne => data,
+        };
+        Ok((shape, data))
+    }
+
+    fn norms_include_one(&self) -> bool {
+        true
     }
 }

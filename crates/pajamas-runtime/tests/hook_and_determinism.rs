@@ -66,7 +66,7 @@ fn hook_sees_every_linear_input_in_order() {
     let mut expect = vec![0.0; emb.len()];
     ops::rms_norm(
         &emb,
-        &model.layers[0].input_layernorm,
+        &model.layers[0].attn_norm,
         c.rms_norm_eps,
         &mut expect,
     );

@@ -57,8 +57,12 @@ fn tiny_mistral_matches_transformers() {
 }
 
 #[test]
-fn unsupported_rope_scaling_is_refused() {
-    // tiny-llama3 uses llama3 rope scaling, which the runtime does not implement yet.
-    let err = Model::from_hf_dir(common::fixture("tiny-llama3")).unwrap_err();
-    assert!(err.to_string().contains("rope"), "{err}");
+fn tiny_llama3_rope_scaling_matches_transformers() {
+    check_family("tiny-llama3");
+}
+
+#[test]
+fn tiny_gemma3_matches_transformers() {
+    // Sliding window 8 over 3 layers (2 local, 1 global), two rope bases.
+    check_family("tiny-gemma3");
 }
