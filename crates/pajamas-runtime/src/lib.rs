@@ -1,19 +1,22 @@
-//! A CPU forward pass for dense llama-family checkpoints (llama, SmolLM2, Mistral, qwen2,
-//! qwen3) in f32, batched over a whole chunk of tokens.
+//! A CPU forward pass for dense decoders (llama, SmolLM2, Mistral, Llama 3, qwen2,
+//! qwen3, gemma3) in f32, batched over a whole chunk of tokens.
 //!
 //! - [`WeightSource`] is where tensors come from, by their HuggingFace names;
-//!   [`HfSource`] reads an HF folder through `pajamas-model`. Another source (GGUF) only
-//!   has to implement the trait.
+//!   [`HfSource`] reads an HF folder through `pajamas-model`, [`GgufSource`] dequantizes
+//!   a GGUF file (so a quantized model's error is exactly its quantization error).
 //! - [`Model`] holds the weights and computes logits `[n_tokens x vocab]` for a token
 //!   sequence at positions `0..n`.
 //! - [`LinearHook`] is called with the input activations of every linear layer, before
 //!   the product, so an importance matrix can be accumulated.
-//! - [`perplexity()`] scores a token stream the way `llama-perplexity` does.
+//! - [`perplexity()`] scores a token stream the way `llama-perplexity` does;
+//!   [`evaluate`] adds BOS handling, chunk limits and the KL divergence against a
+//!   reference model (`llama-perplexity --kl-divergence`).
 //!
 //! See `docs/runtime.md`.
 
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod hook;
 pub mod model;
 pub mod ops;
@@ -22,6 +25,7 @@ pub mod weights;
 
 pub use config::{Family, ModelConfig, Rope};
 pub use error::{Result, RuntimeError};
+pub use eval::{evaluate, EvalOptions, EvalReport, KlStats};
 pub use hook::{LinearHook, LinearInput, NoHook};
 pub use model::{LayerWeights, Linear, Model};
 pub use perplexity::{perplexity, perplexity_with_hook, Perplexity};
