@@ -81,6 +81,18 @@ pub struct EvalReport {
     pub kl: Option<KlStats>,
 }
 
+/// What [`evaluate`] reports after each chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkDone<'a> {
+    /// Chunks done so far (1-based).
+    pub done: usize,
+    pub total: usize,
+    /// The model's logits for the scored positions of this chunk, `[rows x vocab]`
+    /// (positions `ctx/2 .. ctx-2`).
+    pub logits: &'a [f32],
+    pub rows: usize,
+}
+
 /// Running sums of negative log-likelihoods.
 #[derive(Default)]
 struct NllSum {
@@ -200,15 +212,15 @@ fn kl_stats(mut kl: Vec<f64>, agree: usize) -> KlStats {
 /// Evaluates `model` on `tokens`: each of the chunks is run from position 0 and the
 /// logits at positions `ctx/2 .. ctx-2` are scored against the next token. With a
 /// `reference` (same vocabulary), its logits on the same chunks give the KL divergence
-/// and top-1 agreement. `on_chunk(done, total)` is called after every chunk; `hook` sees
-/// the model's (not the reference's) linear inputs.
+/// and top-1 agreement. `on_chunk` is called after every chunk (progress, saving
+/// logits); `hook` sees the model's (not the reference's) linear inputs.
 pub fn evaluate(
     model: &Model,
     reference: Option<&Model>,
     tokens: &[u32],
     opts: &EvalOptions,
     hook: &mut dyn LinearHook,
-    on_chunk: &mut dyn FnMut(usize, usize),
+    on_chunk: &mut dyn FnMut(&ChunkDone<'_>),
 ) -> Result<EvalReport> {
     let n_chunks = opts.chunks_for(tokens.len())?;
     let vocab = model.config.vocab_size;
@@ -253,7 +265,13 @@ pub fn evaluate(
                 agree += usize::from(same);
             }
         }
-        on_chunk(c + 1, n_chunks);
+        let rows = ctx - 1 - first;
+        on_chunk(&ChunkDone {
+            done: c + 1,
+            total: n_chunks,
+            logits: &logits[..rows * vocab],
+            rows,
+        });
     }
     let has_ref = reference.is_some();
     Ok(EvalReport {

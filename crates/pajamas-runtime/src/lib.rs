@@ -25,7 +25,7 @@ pub mod weights;
 
 pub use config::{Family, ModelConfig, Rope};
 pub use error::{Result, RuntimeError};
-pub use eval::{evaluate, EvalOptions, EvalReport, KlStats};
+pub use eval::{evaluate, ChunkDone, EvalOptions, EvalReport, KlStats};
 pub use hook::{LinearHook, LinearInput, NoHook};
 pub use model::{LayerWeights, Linear, Model};
 pub use perplexity::{perplexity, perplexity_with_hook, Perplexity};

@@ -39,5 +39,5 @@ pub fn perplexity_with_hook(
     hook: &mut dyn LinearHook,
 ) -> Result<Perplexity> {
     let opts = EvalOptions::new(ctx);
-    Ok(evaluate(model, None, tokens, &opts, hook, &mut |_, _| {})?.ppl)
+    Ok(evaluate(model, None, tokens, &opts, hook, &mut |_| {})?.ppl)
 }
