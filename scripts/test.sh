@@ -17,6 +17,7 @@ cargo test --workspace --quiet
 echo "== oracle environment"
 PY=$(bash scripts/setup_python.sh | tail -n1)
 bash scripts/setup_llama_cpp.sh "$PY"
+LLAMA_TOOLS=$(bash scripts/setup_llama_tools.sh "$PY" | tail -n1)
 SMOLLM2=$("$PY" scripts/fetch_smollm2.py | tail -n1)
 # The binary and the dev tools under examples/ that the oracle tests drive (release:
 # the oracle tests quantize whole models).
@@ -24,5 +25,5 @@ cargo build --quiet --release --workspace --bins --examples
 
 echo "== oracle tests (pytest)"
 LLAMA_PAJAMAS_BIN="$PWD/target/release/llama-pajamas-quant" PAJAMAS_EXAMPLES="$PWD/target/release/examples" \
-    SMOLLM2_DIR="$SMOLLM2" \
+    SMOLLM2_DIR="$SMOLLM2" LLAMA_TOOLS_DIR="$LLAMA_TOOLS" \
     "$PY" -m pytest tests/oracle -q -p no:cacheprovider ${PYTEST_ARGS:-}
