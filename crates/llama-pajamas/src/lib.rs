@@ -10,8 +10,12 @@
 //! println!("{} with {} parameters", report.architecture.model_type, report.architecture.params.total);
 //! ```
 
+pub mod calibration;
 pub mod detect;
+pub mod eval;
+pub mod imatrix;
 pub mod manifest;
+pub mod quality;
 pub mod quantize;
 pub mod report;
 

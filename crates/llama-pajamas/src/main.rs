@@ -46,6 +46,105 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Perplexity of a model on a text and, with --reference, the KL divergence and
+    /// top-1 agreement against another model (llama-perplexity's figures).
+    Eval(EvalCli),
+    /// Compute an importance matrix (llama.cpp's GGUF imatrix format) from calibration text.
+    Imatrix(ImatrixCli),
+    /// Importance-matrix tools.
+    #[command(subcommand)]
+    Iq(IqCommand),
+}
+
+#[derive(Args)]
+struct EvalCli {
+    /// The model to score: HF folder, hub id in the local cache, or GGUF file.
+    #[arg(long)]
+    model: String,
+    /// Compare against this model (e.g. the HF original of a quantized GGUF).
+    #[arg(long)]
+    reference: Option<String>,
+    /// UTF-8 text to score.
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Evaluate at most N chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Save the model's scored logits as .npy (f32, [positions x vocab]).
+    #[arg(long)]
+    save_logits: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ImatrixCli {
+    /// HF folder, hub id in the local cache, or GGUF file (ideally F16/F32).
+    #[arg(long)]
+    model: String,
+    /// UTF-8 calibration text (see `iq generate-calibration`).
+    #[arg(long)]
+    calibration: PathBuf,
+    /// The imatrix file to write (GGUF format, as llama-imatrix writes it).
+    #[arg(long)]
+    output: PathBuf,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Use at most N chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Also collect output.weight (llama-imatrix --process-output).
+    #[arg(long)]
+    process_output: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum IqCommand {
+    /// Write calibration text from the bundled corpora (and your own text).
+    GenerateCalibration(CalibCli),
+}
+
+#[derive(Args)]
+struct CalibCli {
+    /// The text file to write.
+    #[arg(long)]
+    output: PathBuf,
+    /// Number of samples (paragraphs, functions, dialogues).
+    #[arg(long, default_value_t = 512)]
+    num_samples: usize,
+    /// general, code, multilingual, technical, stories, tool-calling, summarization, rag,
+    /// or mixed (all of them).
+    #[arg(long, default_value = "mixed")]
+    domain: String,
+    /// Mix in your own text (samples split on blank lines).
+    #[arg(long)]
+    from: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Count the tokens written with this model's tokenizer (HF folder, hub id or GGUF).
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// Context the imatrix will use, to check there is enough text (at least 2 x ctx).
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -89,6 +188,22 @@ struct LlmArgs {
     /// tokenizer.ggml.pre name when the tokenizer's pre-tokenizer is not recognised.
     #[arg(long)]
     pre_tokenizer: Option<String>,
+    /// Importance matrix (llama.cpp GGUF imatrix or legacy .dat) for weighted quantization.
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    /// Measure every output against the source (perplexity, KL divergence) on this text
+    /// and record it in the manifest.
+    #[arg(long)]
+    evaluate: bool,
+    /// Text for --evaluate (default: the bundled wiki evaluation text, if found).
+    #[arg(long)]
+    eval_text: Option<PathBuf>,
+    /// Context for --evaluate.
+    #[arg(long, default_value_t = 512)]
+    eval_ctx: usize,
+    /// Chunks for --evaluate (default: all).
+    #[arg(long)]
+    eval_chunks: Option<usize>,
     /// Print the plan (tensor, shape, type, bits, reason) and predicted sizes; write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -169,11 +284,27 @@ fn run_llm(a: LlmArgs) -> Result<()> {
         rules,
         overrides: overrides(&a)?,
         pre_tokenizer: a.pre_tokenizer.clone(),
+        imatrix: a.imatrix.clone(),
         dry_run: a.dry_run,
         force: a.force,
         progress: !a.json && std::io::stderr().is_terminal(),
     };
-    let report = quantize_gguf(&opts)?;
+    let mut report = quantize_gguf(&opts)?;
+    if a.evaluate && !a.dry_run {
+        let text = match &a.eval_text {
+            Some(t) => t.clone(),
+            None => default_eval_text()?,
+        };
+        llama_pajamas::quality::evaluate_outputs(
+            &mut report,
+            &a.model,
+            &a.output,
+            &text,
+            a.eval_ctx,
+            a.eval_chunks,
+            !a.json && std::io::stderr().is_terminal(),
+        )?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if a.dry_run {
@@ -184,16 +315,103 @@ fn run_llm(a: LlmArgs) -> Result<()> {
     } else {
         for o in &report.outputs {
             println!(
-                "{}  {:.1} MB  {:.3} bits/weight  {:.1} s",
+                "{}  {:.1} MB  {:.3} bits/weight  {:.1} s{}",
                 a.output.join(&o.path).display(),
                 o.size_bytes as f64 / 1e6,
                 o.bits_per_weight,
-                o.seconds
+                o.seconds,
+                llama_pajamas::quality::one_line(o.quality.as_ref())
             );
         }
         if let Some(m) = &report.manifest {
             println!("manifest: {}", m.display());
         }
+    }
+    Ok(())
+}
+
+/// The bundled evaluation text, looked up next to the current directory (a checkout).
+fn default_eval_text() -> Result<PathBuf> {
+    let p = PathBuf::from("data/corpora/wiki_eval_small.txt");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        bail!("--evaluate needs --eval-text FILE (data/corpora/wiki_eval_small.txt is not here)")
+    }
+}
+
+/// Sets the worker thread count for the whole process.
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| anyhow!("--threads {n}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn progress(json: bool) -> bool {
+    !json && std::io::stderr().is_terminal()
+}
+
+fn run_eval(a: EvalCli) -> Result<()> {
+    set_threads(a.threads)?;
+    let summary = llama_pajamas::eval::eval_command(&llama_pajamas::eval::EvalArgs {
+        model: a.model,
+        reference: a.reference,
+        text: a.text,
+        ctx: a.ctx,
+        chunks: a.chunks,
+        save_logits: a.save_logits,
+        progress: progress(a.json),
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", llama_pajamas::eval::render(&summary));
+    }
+    Ok(())
+}
+
+fn run_imatrix(a: ImatrixCli) -> Result<()> {
+    set_threads(a.threads)?;
+    let s = llama_pajamas::imatrix::imatrix_command(&llama_pajamas::imatrix::ImatrixArgs {
+        model: a.model,
+        calibration: a.calibration,
+        output: a.output,
+        ctx: a.ctx,
+        chunks: a.chunks,
+        process_output: a.process_output,
+        force: a.force,
+        progress: progress(a.json),
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "{}: {} entries from {} chunks of {} tokens (calibration perplexity {:.4}, {:.1} s)",
+            s.output, s.entries, s.chunks, s.chunk_size, s.calibration_ppl, s.seconds
+        );
+    }
+    Ok(())
+}
+
+fn run_calibration(a: CalibCli) -> Result<()> {
+    let s = llama_pajamas::calibration::generate_command(&llama_pajamas::calibration::CalibArgs {
+        output: a.output,
+        num_samples: a.num_samples,
+        domain: a.domain,
+        from: a.from,
+        seed: a.seed,
+        tokenizer: a.tokenizer,
+        ctx: a.ctx,
+        force: a.force,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", llama_pajamas::calibration::render(&s));
     }
     Ok(())
 }
@@ -218,6 +436,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Quantize(QuantizeCommand::Llm(a)) => run_llm(a)?,
+        Command::Eval(a) => run_eval(a)?,
+        Command::Imatrix(a) => run_imatrix(a)?,
+        Command::Iq(IqCommand::GenerateCalibration(a)) => run_calibration(a)?,
         Command::Inspect { file, json } => {
             let f = pajamas_gguf::GgufFile::open(&file)?;
             let report = pajamas_gguf::inspect::report(&f);

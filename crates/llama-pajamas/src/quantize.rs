@@ -31,6 +31,9 @@ pub struct QuantizeOptions {
     pub rules: Rules,
     pub overrides: Overrides,
     pub pre_tokenizer: Option<String>,
+    /// Importance matrix (llama.cpp GGUF or legacy `.dat`) weighting every quantized
+    /// tensor's scale search.
+    pub imatrix: Option<PathBuf>,
     pub dry_run: bool,
     pub force: bool,
     /// Show a progress bar (off for --json and when stderr is not a terminal).
@@ -265,10 +268,23 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             ne: t.ne.clone(),
         })
         .collect();
+    let imatrix = match &opts.imatrix {
+        Some(p) => Some(load_imatrix(p, &tensors)?),
+        None => None,
+    };
     let plans = opts
         .ftypes
         .iter()
-        .map(|&f| plan_gguf(&inputs, &arch, f, opts.rules, &opts.overrides, false))
+        .map(|&f| {
+            plan_gguf(
+                &inputs,
+                &arch,
+                f,
+                opts.rules,
+                &opts.overrides,
+                imatrix.is_some(),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if opts.dry_run {
         return Ok(QuantizeReport {
@@ -321,6 +337,11 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         }
         w.add_metadata("general.file_type", Value::U32(plan.ftype.id()))?;
         w.add_metadata("quantize.rules", Value::String(plan.rules.name().into()))?;
+        if let (Some(im), Some(p)) = (&imatrix, &opts.imatrix) {
+            for (k, v) in imatrix_metadata(im, p) {
+                w.add_metadata(k, v)?;
+            }
+        }
         for t in &plan.tensors {
             w.add_tensor_info(&t.name, &t.ne, t.ty)?;
         }
@@ -345,9 +366,10 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
     for t in &tensors {
         bar.set_message(t.gguf.clone());
         let data = source.read(t, rope_freqs.as_ref())?;
+        let importance = imatrix.as_ref().and_then(|im| im.importance(&t.gguf));
         for (w, plan) in writers.iter_mut().zip(&plans) {
             let planned = plan.get(&t.gguf).expect("planned");
-            let bytes = encode(planned.ty, &data, t.ne[0] as usize)
+            let bytes = encode(planned.ty, &data, t.ne[0] as usize, importance.as_deref())
                 .with_context(|| format!("quantizing '{}' to {}", t.gguf, planned.ty))?;
             w.write_tensor(&t.gguf, &bytes)?;
         }
@@ -400,7 +422,75 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(std::env::current_dir()?.join(p))
 }
 
-/// A tensor's bytes in `ty`: rows of `n_per_row` values.
-fn encode(ty: GgmlType, data: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
-    pajamas_quant::quantize_rows(ty, data, n_per_row, None).map_err(|e| anyhow!("{e}"))
+/// A tensor's bytes in `ty`: rows of `n_per_row` values, with per-column importance
+/// when an imatrix covers the tensor (ignored by the float types).
+fn encode(
+    ty: GgmlType,
+    data: &[f32],
+    n_per_row: usize,
+    importance: Option<&[f32]>,
+) -> Result<Vec<u8>> {
+    let importance = importance.filter(|_| ty.is_quantized());
+    pajamas_quant::quantize_rows(ty, data, n_per_row, importance).map_err(|e| anyhow!("{e}"))
+}
+
+/// Reads an imatrix and checks it against the tensors to be written: every matrix of
+/// the decoder blocks must have an entry of the right length, and every entry must name
+/// one of our tensors. `token_embd` (a lookup) and `output` (collected only with
+/// `--process-output`) may lack one, as with llama-quantize.
+fn load_imatrix(path: &Path, tensors: &[SourceTensor]) -> Result<pajamas_imatrix::Imatrix> {
+    let im = pajamas_imatrix::Imatrix::read(path)?;
+    let matrices: Vec<(&str, usize, usize)> = tensors
+        .iter()
+        .filter(|t| t.ne.len() >= 2)
+        .map(|t| {
+            (
+                t.gguf.as_str(),
+                t.ne[0] as usize,
+                t.ne.get(2).copied().unwrap_or(1) as usize,
+            )
+        })
+        .collect();
+    let report = im.check_against(matrices.iter().copied())?;
+    let missing: Vec<&String> = report
+        .missing
+        .iter()
+        .filter(|n| n.starts_with("blk."))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{}: the imatrix has no entry for {} of this model's weights (e.g. {}); it was computed for another model. Compute one with `llama-pajamas-quant imatrix --model MODEL --calibration TEXT --output FILE`",
+            path.display(),
+            missing.len(),
+            missing.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if !report.unused.is_empty() {
+        bail!(
+            "{}: the imatrix has entries for {} weights this model does not have (e.g. {}); it was computed for another model",
+            path.display(),
+            report.unused.len(),
+            report.unused.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(im)
+}
+
+/// The `quantize.imatrix.*` keys llama-quantize records.
+fn imatrix_metadata(im: &pajamas_imatrix::Imatrix, path: &Path) -> Vec<(&'static str, Value)> {
+    let mut m = vec![(
+        "quantize.imatrix.file",
+        Value::String(path.display().to_string()),
+    )];
+    if let Some(d) = im.datasets.first() {
+        m.push(("quantize.imatrix.dataset", Value::String(d.clone())));
+    }
+    m.push((
+        "quantize.imatrix.entries_count",
+        Value::U32(im.entries.len() as u32),
+    ));
+    if im.chunk_count > 0 {
+        m.push(("quantize.imatrix.chunks_count", Value::U32(im.chunk_count)));
+    }
+    m
 }
