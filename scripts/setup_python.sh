@@ -20,7 +20,7 @@ venv="$cache/venv"
 py="$venv/bin/python"
 stamp="$venv/.oracle-requirements.stamp"
 base_python="${PYTHON:-python3}"
-imports="import gguf, safetensors, tokenizers, pytest, numpy"
+imports="import gguf, safetensors, tokenizers, pytest, numpy, mlx.core"
 
 die() { echo "setup_python.sh: $*" >&2; exit 1; }
 

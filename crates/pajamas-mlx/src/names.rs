@@ -1,0 +1,349 @@
+//! HuggingFace tensor names -> mlx-lm parameter paths, and which modules mlx-lm can
+//! quantize.
+//!
+//! mlx-lm builds its model class from config.json's `model_type` and loads the
+//! checkpoint with `strict=True` after the class's `sanitize`, so every tensor we write
+//! must be a parameter of that class and every parameter must be written. For the dense
+//! families we convert, mlx-lm's parameter names are HF's names, except:
+//!
+//! - `*.self_attn.rotary_emb.inv_freq` (precomputed rope frequencies some checkpoints
+//!   carry) is not a parameter: llama/qwen2 `sanitize` drop it; we never write it.
+//! - a tied `lm_head.weight` is dropped (`sanitize` pops it; the model reuses the
+//!   embedding through `as_linear`).
+//! - `model_type: "gemma3"` (Gemma3ForConditionalGeneration) loads `mlx_lm.models.gemma3`,
+//!   whose text model sits under `language_model.` (`language_model.model.layers.0...`,
+//!   `language_model.lm_head`) and whose `sanitize` drops `vision_tower` and
+//!   `multi_modal_projector`. Checkpoints spell the text weights
+//!   `language_model.model.*` (transformers 4) or `model.language_model.*`
+//!   (transformers 5); both map to the former. `model_type: "gemma3_text"`
+//!   (Gemma3ForCausalLM) keeps HF's names.
+//! - `mistral` loads `mlx_lm.models.llama` (mlx-lm's MODEL_REMAPPING).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::MlxError;
+
+/// The mlx-lm model class a checkpoint loads as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlxFamily {
+    /// `mlx_lm.models.llama`: llama, mistral (SmolLM2, Llama 3...).
+    Llama,
+    Qwen2,
+    Qwen3,
+    /// `mlx_lm.models.gemma3_text`: Gemma3ForCausalLM (text only).
+    Gemma3Text,
+    /// `mlx_lm.models.gemma3`: the multimodal wrapper, text model under `language_model.`.
+    Gemma3,
+}
+
+/// Model types we write MLX checkpoints for.
+pub const MLX_MODEL_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma3_text",
+    "gemma3",
+];
+
+impl MlxFamily {
+    /// The family of a config.json, by its top-level `model_type` (what mlx-lm reads).
+    pub fn from_config(config: &Value) -> Result<MlxFamily, MlxError> {
+        let mt = config
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        Self::from_model_type(mt)
+    }
+
+    pub fn from_model_type(model_type: &str) -> Result<MlxFamily, MlxError> {
+        Ok(match model_type {
+            "llama" | "mistral" => MlxFamily::Llama,
+            "qwen2" => MlxFamily::Qwen2,
+            "qwen3" => MlxFamily::Qwen3,
+            "gemma3_text" => MlxFamily::Gemma3Text,
+            "gemma3" => MlxFamily::Gemma3,
+            other => return Err(MlxError::UnsupportedModelType(other.to_string())),
+        })
+    }
+
+    /// The mlx-lm module that implements it (`mlx_lm.models.<name>`).
+    pub fn mlx_lm_module(self) -> &'static str {
+        match self {
+            MlxFamily::Llama => "llama",
+            MlxFamily::Qwen2 => "qwen2",
+            MlxFamily::Qwen3 => "qwen3",
+            MlxFamily::Gemma3Text => "gemma3_text",
+            MlxFamily::Gemma3 => "gemma3",
+        }
+    }
+
+    /// Prefix of the text model's parameters.
+    fn prefix(self) -> &'static str {
+        match self {
+            MlxFamily::Gemma3 => "language_model.",
+            _ => "",
+        }
+    }
+
+    /// Whether mlx-lm's class reads `tie_word_embeddings` from the config (llama and
+    /// qwen2 default it to true when absent, qwen3 requires it; gemma3 decides from the
+    /// presence of `lm_head.weight`).
+    pub fn reads_tie_flag(self) -> bool {
+        matches!(self, MlxFamily::Llama | MlxFamily::Qwen2 | MlxFamily::Qwen3)
+    }
+}
+
+/// Where one HF tensor goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    /// Written under this mlx-lm parameter name.
+    Keep(String),
+    /// Not written, for this reason.
+    Drop(&'static str),
+}
+
+/// What kind of mlx-lm module a parameter belongs to; only `Linear` and `Embedding`
+/// have `to_quantized`, so only they are ever quantized (mlx's `nn.quantize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleKind {
+    Embedding,
+    Linear,
+    Norm,
+}
+
+/// Leaves of a decoder layer that mlx-lm's classes for our families define.
+const LAYER_LEAVES: &[(&str, ModuleKind)] = &[
+    ("self_attn.q_proj", ModuleKind::Linear),
+    ("self_attn.k_proj", ModuleKind::Linear),
+    ("self_attn.v_proj", ModuleKind::Linear),
+    ("self_attn.o_proj", ModuleKind::Linear),
+    ("self_attn.q_norm", ModuleKind::Norm),
+    ("self_attn.k_norm", ModuleKind::Norm),
+    ("mlp.gate_proj", ModuleKind::Linear),
+    ("mlp.up_proj", ModuleKind::Linear),
+    ("mlp.down_proj", ModuleKind::Linear),
+    ("input_layernorm", ModuleKind::Norm),
+    ("post_attention_layernorm", ModuleKind::Norm),
+    ("pre_feedforward_layernorm", ModuleKind::Norm),
+    ("post_feedforward_layernorm", ModuleKind::Norm),
+];
+
+/// The text-model name of an HF tensor (`model.layers.0...`, `lm_head.weight`), or why
+/// it is dropped, for the multimodal Gemma 3 wrapper.
+fn gemma3_text_name(hf: &str) -> Result<String, &'static str> {
+    for vision in [
+        "vision_tower.",
+        "model.vision_tower.",
+        "multi_modal_projector.",
+        "model.multi_modal_projector.",
+    ] {
+        if hf.starts_with(vision) {
+            return Err("vision tower / projector: mlx-lm's gemma3 text model drops it (sanitize)");
+        }
+    }
+    if let Some(rest) = hf.strip_prefix("model.language_model.") {
+        return Ok(format!("model.{rest}"));
+    }
+    if let Some(rest) = hf.strip_prefix("language_model.") {
+        return Ok(rest.to_string());
+    }
+    Ok(hf.to_string())
+}
+
+/// Maps one HF tensor name. `tied`: the model ties its output head to the embedding.
+/// An unknown name is an error: mlx-lm would refuse to load a file that has it.
+pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxError> {
+    let text = if family == MlxFamily::Gemma3 {
+        match gemma3_text_name(hf) {
+            Ok(t) => t,
+            Err(why) => return Ok(Mapped::Drop(why)),
+        }
+    } else {
+        hf.to_string()
+    };
+    if text.ends_with(".rotary_emb.inv_freq") {
+        return Ok(Mapped::Drop(
+            "precomputed rope frequencies: not a parameter in mlx-lm (sanitize drops it)",
+        ));
+    }
+    if text == "lm_head.weight" && tied {
+        return Ok(Mapped::Drop(
+            "tied to the embedding: mlx-lm reuses embed_tokens as the output head",
+        ));
+    }
+    if module_kind(&text).is_none() {
+        return Err(MlxError::UnknownTensor {
+            name: hf.to_string(),
+            family: family.mlx_lm_module(),
+        });
+    }
+    Ok(Mapped::Keep(format!("{}{text}", family.prefix())))
+}
+
+/// The kind of module an mlx-lm parameter name belongs to, `None` when the name is not
+/// a parameter of our families' classes. Accepts names with or without the Gemma 3
+/// wrapper's `language_model.` prefix.
+pub fn module_kind(mlx_name: &str) -> Option<ModuleKind> {
+    let name = mlx_name.strip_prefix("language_model.").unwrap_or(mlx_name);
+    match name {
+        "model.embed_tokens.weight" => return Some(ModuleKind::Embedding),
+        "model.norm.weight" => return Some(ModuleKind::Norm),
+        "lm_head.weight" => return Some(ModuleKind::Linear),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let (module, part) = leaf.rsplit_once('.')?;
+    let kind = LAYER_LEAVES
+        .iter()
+        .find(|(l, _)| *l == module)
+        .map(|&(_, k)| k)?;
+    match (kind, part) {
+        (_, "weight") => Some(kind),
+        // qwen2's q/k/v projections carry biases (attention_bias / mlp_bias elsewhere).
+        (ModuleKind::Linear, "bias") => Some(kind),
+        _ => None,
+    }
+}
+
+/// The module path of a parameter name (`...q_proj.weight` -> `...q_proj`).
+pub fn module_path(mlx_name: &str) -> &str {
+    mlx_name
+        .rsplit_once('.')
+        .map(|(m, _)| m)
+        .unwrap_or(mlx_name)
+}
+
+/// The decoder layer a module path belongs to (`model.layers.7.mlp.down_proj` -> 7).
+pub fn layer_index(path: &str) -> Option<u64> {
+    let name = path.strip_prefix("language_model.").unwrap_or(path);
+    let rest = name.strip_prefix("model.layers.")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep(hf: &str, f: MlxFamily, tied: bool) -> String {
+        match map_name(hf, f, tied).unwrap() {
+            Mapped::Keep(n) => n,
+            Mapped::Drop(why) => panic!("{hf} dropped: {why}"),
+        }
+    }
+
+    #[test]
+    fn families_from_model_type() {
+        let f = |mt: &str| MlxFamily::from_config(&serde_json::json!({ "model_type": mt }));
+        assert_eq!(f("mistral").unwrap(), MlxFamily::Llama);
+        assert_eq!(f("gemma3").unwrap(), MlxFamily::Gemma3);
+        assert!(matches!(
+            f("mixtral"),
+            Err(MlxError::UnsupportedModelType(_))
+        ));
+    }
+
+    #[test]
+    fn dense_names_are_hf_names() {
+        for f in [
+            MlxFamily::Llama,
+            MlxFamily::Qwen2,
+            MlxFamily::Qwen3,
+            MlxFamily::Gemma3Text,
+        ] {
+            for n in [
+                "model.embed_tokens.weight",
+                "model.layers.3.self_attn.q_proj.weight",
+                "model.layers.3.self_attn.q_proj.bias",
+                "model.layers.0.mlp.down_proj.weight",
+                "model.layers.0.post_feedforward_layernorm.weight",
+                "model.norm.weight",
+                "lm_head.weight",
+            ] {
+                assert_eq!(keep(n, f, false), n);
+            }
+        }
+    }
+
+    #[test]
+    fn dropped_tensors() {
+        let f = MlxFamily::Llama;
+        assert!(matches!(
+            map_name("model.layers.0.self_attn.rotary_emb.inv_freq", f, false).unwrap(),
+            Mapped::Drop(_)
+        ));
+        assert!(matches!(
+            map_name("lm_head.weight", f, true).unwrap(),
+            Mapped::Drop(_)
+        ));
+        assert!(matches!(
+            map_name("model.layers.0.mlp.experts.0.w1.weight", f, false),
+            Err(MlxError::UnknownTensor { .. })
+        ));
+        assert!(matches!(
+            map_name("model.layers.0.input_layernorm.bias", f, false),
+            Err(MlxError::UnknownTensor { .. })
+        ));
+    }
+
+    #[test]
+    fn gemma3_wrapper_paths() {
+        let g = MlxFamily::Gemma3;
+        assert_eq!(
+            keep(
+                "model.language_model.layers.1.self_attn.k_norm.weight",
+                g,
+                true
+            ),
+            "language_model.model.layers.1.self_attn.k_norm.weight"
+        );
+        assert_eq!(
+            keep("language_model.model.embed_tokens.weight", g, true),
+            "language_model.model.embed_tokens.weight"
+        );
+        assert_eq!(
+            keep("lm_head.weight", g, false),
+            "language_model.lm_head.weight"
+        );
+        for v in [
+            "model.vision_tower.vision_model.embeddings.patch_embedding.weight",
+            "vision_tower.vision_model.post_layernorm.bias",
+            "model.multi_modal_projector.mm_input_projection_weight",
+        ] {
+            assert!(
+                matches!(map_name(v, g, true).unwrap(), Mapped::Drop(_)),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_paths_layers() {
+        assert_eq!(
+            module_kind("model.embed_tokens.weight"),
+            Some(ModuleKind::Embedding)
+        );
+        assert_eq!(
+            module_kind("language_model.model.layers.2.mlp.up_proj.weight"),
+            Some(ModuleKind::Linear)
+        );
+        assert_eq!(
+            module_kind("model.layers.2.input_layernorm.weight"),
+            Some(ModuleKind::Norm)
+        );
+        assert_eq!(
+            module_path("model.layers.2.mlp.up_proj.weight"),
+            "model.layers.2.mlp.up_proj"
+        );
+        assert_eq!(
+            layer_index("language_model.model.layers.12.mlp.up_proj"),
+            Some(12)
+        );
+        assert_eq!(layer_index("lm_head"), None);
+    }
+}
