@@ -61,11 +61,11 @@ def our_eval(model, text=EVAL_SMALL, ctx=CTX, chunks=None, reference=None, save_
     return json.loads(run(*args).stdout)
 
 
-def llama_cpp_eval(path, text=EVAL_SMALL, ctx=CTX, chunks=None, logits_chunks=0):
+def llama_cpp_eval(path, text=EVAL_SMALL, ctx=CTX, chunks=None, logits_chunks=0, flash_attn=False):
     """llama-perplexity's procedure through llama-cpp-python: tokenize with the vocabulary's
     BOS rule, cut into chunks of ctx, BOS at each chunk start, score the second half."""
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, n_threads=2,
-                          logits_all=True, verbose=False, flash_attn=False)
+                          logits_all=True, verbose=False, flash_attn=flash_attn)
     add_bos = llm._model.add_bos_token()
     ids = llm.tokenize(Path(text).read_bytes(), add_bos=add_bos, special=False)
     n = len(ids) // ctx
@@ -93,19 +93,30 @@ def llama_cpp_eval(path, text=EVAL_SMALL, ctx=CTX, chunks=None, logits_chunks=0)
 @pytest.mark.parametrize("model", ["demo", "smollm2"])
 @pytest.mark.parametrize("ftype", TYPES)
 def test_perplexity_and_top1_match_llama_cpp(ggufs, model, ftype, tmp_path):
+    """Perplexity over the whole file within 0.5%; top-1 agreement over the first chunks.
+
+    On quantized SmolLM2 files llama.cpp multiplies 8-bit-quantized activations with
+    massive outlier channels: a rounding-level change anywhere upstream flips whole
+    activation blocks, so even llama.cpp with flash attention on agrees with itself (off)
+    on only ~96.5% of top-1 tokens. The top-1 bar is 99%, or llama.cpp's own agreement
+    across its two attention kernels less one point where that is lower."""
     path = ggufs[model][ftype]
-    logits_chunks = 2
-    ours = our_eval(path, save_logits=tmp_path / "logits.npy")
-    theirs, n_scored, their_top = llama_cpp_eval(path, logits_chunks=logits_chunks)
+    top_chunks = 2
+    ours = our_eval(path)
+    theirs, n_scored, their_top = llama_cpp_eval(path, logits_chunks=top_chunks)
     assert ours["scored_tokens"] == n_scored, (ours["scored_tokens"], n_scored)
     rel = abs(ours["perplexity"]["ppl"] / theirs - 1)
-    print(f"{model} {ftype}: ours {ours['perplexity']['ppl']:.4f} llama.cpp {theirs:.4f} ({rel:.4%})")
+    print(f"{model} {ftype}: PPL ours {ours['perplexity']['ppl']:.4f} llama.cpp {theirs:.4f} ({rel:.4%})")
     assert rel < 0.005, (ours["perplexity"]["ppl"], theirs)
-    our_logits = np.load(tmp_path / "logits.npy", mmap_mode="r")
-    our_top = np.asarray(our_logits[:len(their_top)]).argmax(axis=1)
+    our_eval(path, chunks=top_chunks, save_logits=tmp_path / "logits.npy")
+    our_top = np.load(tmp_path / "logits.npy").argmax(axis=1)
     agree = float((our_top == their_top).mean())
-    print(f"{model} {ftype}: top-1 agreement with llama.cpp {agree:.4%} over {len(their_top)}")
-    assert agree >= 0.99
+    _, _, fa_top = llama_cpp_eval(path, chunks=top_chunks, logits_chunks=top_chunks, flash_attn=True)
+    self_agree = float((fa_top == their_top).mean())
+    bar = min(0.99, self_agree - 0.01)
+    print(f"{model} {ftype}: top-1 agreement with llama.cpp {agree:.2%} over {len(their_top)} "
+          f"(llama.cpp flash-attn on vs off: {self_agree:.2%}; bar {bar:.2%})")
+    assert agree >= bar
 
 
 def test_kl_divergence_against_the_hf_original(ggufs):

@@ -25,6 +25,8 @@ pub struct LoadedModel {
 }
 
 /// Opens an HF folder, a hub id in the local cache, or a GGUF file, with its tokenizer.
+/// A GGUF computes as llama.cpp's CPU backend does (quantized activations, f16
+/// attention); see [`LoadedModel::exact_f32`].
 pub fn load_model(input: &str) -> Result<LoadedModel> {
     let loc = locate(input, &CacheEnv::from_process())?;
     let (path, model, tokenizer) = match loc {
@@ -48,6 +50,15 @@ pub fn load_model(input: &str) -> Result<LoadedModel> {
         model,
         tokenizer,
     })
+}
+
+impl LoadedModel {
+    /// Computes in f32 throughout: measures the weights' quantization error alone instead
+    /// of what llama.cpp computes with the file.
+    pub fn exact_f32(&mut self) {
+        self.model.llama_cpp_activations = false;
+        self.model.f16_attention = false;
+    }
 }
 
 /// Only the tokenizer of an HF folder, hub id or GGUF file (no weights are read).
@@ -84,6 +95,8 @@ pub struct EvalArgs {
     pub chunks: Option<usize>,
     /// Write the model's scored logits here (`.npy`, f32 `[positions x vocab]`).
     pub save_logits: Option<PathBuf>,
+    /// Compute GGUF models in f32 (no llama.cpp activation/attention emulation).
+    pub f32_activations: bool,
     pub progress: bool,
 }
 
@@ -248,8 +261,14 @@ pub fn chunk_bos(tok: &Tokenizer) -> Option<u32> {
 
 /// `eval`: loads, tokenizes, evaluates, summarises.
 pub fn eval_command(a: &EvalArgs) -> Result<EvalSummary> {
-    let model = load_model(&a.model)?;
-    let reference = a.reference.as_deref().map(load_model).transpose()?;
+    let mut model = load_model(&a.model)?;
+    let mut reference = a.reference.as_deref().map(load_model).transpose()?;
+    if a.f32_activations {
+        model.exact_f32();
+        if let Some(r) = reference.as_mut() {
+            r.exact_f32();
+        }
+    }
     let tokens = tokenize_file(&model.tokenizer, &a.text)?;
     let opts = EvalOptions {
         ctx: a.ctx,

@@ -76,6 +76,10 @@ struct EvalCli {
     /// Save the model's scored logits as .npy (f32, [positions x vocab]).
     #[arg(long)]
     save_logits: Option<PathBuf>,
+    /// Compute GGUF files in f32 throughout (weights' quantization error only) instead of
+    /// as llama.cpp's CPU backend does (quantized activations, f16 KV cache).
+    #[arg(long)]
+    f32_activations: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -364,6 +368,7 @@ fn run_eval(a: EvalCli) -> Result<()> {
         ctx: a.ctx,
         chunks: a.chunks,
         save_logits: a.save_logits,
+        f32_activations: a.f32_activations,
         progress: progress(a.json),
     })?;
     if a.json {

@@ -14,6 +14,7 @@
 //!
 //! See `docs/runtime.md`.
 
+pub mod act_quant;
 pub mod config;
 pub mod error;
 pub mod eval;
@@ -23,6 +24,7 @@ pub mod ops;
 pub mod perplexity;
 pub mod weights;
 
+pub use act_quant::ActQuant;
 pub use config::{Family, ModelConfig, Rope};
 pub use error::{Result, RuntimeError};
 pub use eval::{evaluate, ChunkDone, EvalOptions, EvalReport, KlStats};

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::act_quant::ActQuant;
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::hook::{LinearHook, LinearInput, NoHook};
@@ -18,6 +19,9 @@ pub struct Linear {
     pub bias: Option<Vec<f32>>,
     pub out_features: usize,
     pub in_features: usize,
+    /// How llama.cpp converts this layer's input before the product (GGUF weights);
+    /// applied while [`Model::llama_cpp_activations`] is set.
+    pub act_quant: Option<ActQuant>,
 }
 
 impl Linear {
@@ -29,12 +33,16 @@ impl Linear {
         } else {
             None
         };
+        let act_quant = src
+            .stored_type(&format!("{name}.weight"))
+            .and_then(ActQuant::for_weight);
         Ok(Linear {
             tensor: format!("{name}.weight"),
             weight: weight.into(),
             bias,
             out_features: out,
             in_features: inp,
+            act_quant,
         })
     }
 
@@ -46,6 +54,7 @@ impl Linear {
         x: &[f32],
         n: usize,
         hook: &mut dyn LinearHook,
+        convert: bool,
     ) -> Vec<f32> {
         hook.before_linear(&LinearInput {
             layer,
@@ -55,6 +64,16 @@ impl Linear {
             n_tokens: n,
             in_features: self.in_features,
         });
+        let converted;
+        let x = match self.act_quant.filter(|_| convert) {
+            Some(q) => {
+                let mut c = x.to_vec();
+                q.round_trip(&mut c, self.in_features);
+                converted = c;
+                &converted[..]
+            }
+            None => x,
+        };
         let mut y = vec![0.0f32; n * self.out_features];
         ops::matmul_wt(
             x,
@@ -106,6 +125,14 @@ pub struct Model {
     pub norm: Vec<f32>,
     /// The output head; shares `embed_tokens` when the embeddings are tied.
     pub lm_head: Linear,
+    /// Convert linear inputs as llama.cpp's CPU backend does for each GGUF weight type
+    /// (see [`ActQuant`]; on by default, a no-op for HF weights). Off: f32 activations,
+    /// so that only the weights' quantization error is measured.
+    pub llama_cpp_activations: bool,
+    /// Round queries, keys, values and attention probabilities to f16 as llama.cpp's
+    /// f16 KV cache and f16 products do (GGUF sources; applied with
+    /// `llama_cpp_activations`).
+    pub f16_attention: bool,
 }
 
 fn read_checked(src: &dyn WeightSource, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
@@ -213,6 +240,9 @@ impl Model {
                 bias: None,
                 out_features: c.vocab_size,
                 in_features: h,
+                act_quant: src
+                    .stored_type("model.embed_tokens.weight")
+                    .and_then(ActQuant::for_weight),
             }
         };
         Ok(Model {
@@ -221,6 +251,8 @@ impl Model {
             layers,
             norm: final_norm,
             lm_head,
+            llama_cpp_activations: true,
+            f16_attention: src.llama_cpp_attention(),
         })
     }
 
@@ -276,6 +308,7 @@ impl Model {
             .as_ref()
             .map(|r| ops::RopeTable::new(n, c.head_dim, r));
         let eps = c.rms_norm_eps;
+        let conv = self.llama_cpp_activations;
         let mut a = vec![0.0f32; n * h];
         let mut attn_out = vec![0.0f32; n * c.q_dim()];
         for (li, l) in self.layers.iter().enumerate() {
@@ -291,11 +324,12 @@ impl Model {
                 head_dim: c.head_dim,
                 window: if sliding { c.sliding_window } else { None },
                 scale: c.attn_scale,
+                f16: conv && self.f16_attention,
             };
             ops::rms_norm(&x, &l.attn_norm, eps, &mut a);
-            let mut q = l.q_proj.apply(li, "q_proj", &a, n, hook);
-            let mut k = l.k_proj.apply(li, "k_proj", &a, n, hook);
-            let v = l.v_proj.apply(li, "v_proj", &a, n, hook);
+            let mut q = l.q_proj.apply(li, "q_proj", &a, n, hook, conv);
+            let mut k = l.k_proj.apply(li, "k_proj", &a, n, hook, conv);
+            let v = l.v_proj.apply(li, "v_proj", &a, n, hook, conv);
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
                 ops::rms_norm_inplace(&mut q, qn, eps);
                 ops::rms_norm_inplace(&mut k, kn, eps);
@@ -304,22 +338,22 @@ impl Model {
             rope.apply(&mut k, c.n_kv_heads);
             ops::attention(&q, &k, &v, shape, &mut attn_out);
             drop((q, k, v));
-            let mut o = l.o_proj.apply(li, "o_proj", &attn_out, n, hook);
+            let mut o = l.o_proj.apply(li, "o_proj", &attn_out, n, hook, conv);
             if let Some(w) = &l.attn_post_norm {
                 ops::rms_norm_inplace(&mut o, w, eps);
             }
             ops::add_inplace(&mut x, &o);
             drop(o);
             ops::rms_norm(&x, &l.ffn_norm, eps, &mut a);
-            let mut g = l.gate_proj.apply(li, "gate_proj", &a, n, hook);
-            let u = l.up_proj.apply(li, "up_proj", &a, n, hook);
+            let mut g = l.gate_proj.apply(li, "gate_proj", &a, n, hook, conv);
+            let u = l.up_proj.apply(li, "up_proj", &a, n, hook, conv);
             if c.is_gemma() {
                 ops::gelu_tanh_mul(&mut g, &u);
             } else {
                 ops::silu_mul(&mut g, &u);
             }
             drop(u);
-            let mut d = l.down_proj.apply(li, "down_proj", &g, n, hook);
+            let mut d = l.down_proj.apply(li, "down_proj", &g, n, hook, conv);
             if let Some(w) = &l.ffn_post_norm {
                 ops::rms_norm_inplace(&mut d, w, eps);
             }
@@ -328,7 +362,9 @@ impl Model {
         let rows = n - first_row;
         let mut fin = vec![0.0f32; rows * h];
         ops::rms_norm(&x[first_row * h..], &self.norm, eps, &mut fin);
-        let mut logits = self.lm_head.apply(c.n_layers, "lm_head", &fin, rows, hook);
+        let mut logits = self
+            .lm_head
+            .apply(c.n_layers, "lm_head", &fin, rows, hook, conv);
         if let Some(cap) = c.final_logit_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }

@@ -184,6 +184,9 @@ pub struct AttentionShape {
     pub window: Option<usize>,
     /// Scale of the scores (usually `1/sqrt(head_dim)`).
     pub scale: f32,
+    /// Round q, k, v and the normalised probabilities to f16 (llama.cpp's f16 KV cache
+    /// and f16 products).
+    pub f16: bool,
 }
 
 /// Grouped-query causal attention. `q` `[n x n_heads*hd]`, `k` and `v`
@@ -199,6 +202,16 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape, out: &mut [
     assert_eq!(k.len(), s.n_tokens * kw);
     assert_eq!(v.len(), s.n_tokens * kw);
     assert_eq!(out.len(), s.n_tokens * qw);
+    let h16 = |v: f32| half::f16::from_f32(v).to_f32();
+    let (q16, k16, v16);
+    let (q, k, v) = if s.f16 {
+        q16 = q.iter().map(|&x| h16(x)).collect::<Vec<_>>();
+        k16 = k.iter().map(|&x| h16(x)).collect::<Vec<_>>();
+        v16 = v.iter().map(|&x| h16(x)).collect::<Vec<_>>();
+        (&q16[..], &k16[..], &v16[..])
+    } else {
+        (q, k, v)
+    };
     out.par_chunks_mut(qw).enumerate().for_each(|(i, orow)| {
         let lo = s.window.map_or(0, |w| (i + 1).saturating_sub(w));
         let mut scores = vec![0.0f32; i + 1 - lo];
@@ -217,6 +230,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape, out: &mut [
                 *sc = (*sc - max).exp();
                 total += *sc;
             }
+            let inv = 1.0 / total;
+            if s.f16 {
+                // llama.cpp normalises in f32, then the product with V rounds to f16.
+                scores.iter_mut().for_each(|p| *p = h16(*p * inv));
+            }
             let oh = &mut orow[h * hd..(h + 1) * hd];
             oh.fill(0.0);
             for (j, &p) in (lo..=i).zip(scores.iter()) {
@@ -225,9 +243,10 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape, out: &mut [
                     *o += p * x;
                 }
             }
-            let inv = 1.0 / total;
-            for o in oh.iter_mut() {
-                *o *= inv;
+            if !s.f16 {
+                for o in oh.iter_mut() {
+                    *o *= inv;
+                }
             }
         }
     });
@@ -322,6 +341,7 @@ mod tests {
             head_dim: 2,
             window: None,
             scale: 1.0 / 2f32.sqrt(),
+            f16: false,
         };
         let q = vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0];
         let k = vec![1.0, 0.0, 0.0, 1.0];

@@ -27,6 +27,16 @@ pub trait WeightSource {
     fn norms_include_one(&self) -> bool {
         false
     }
+    /// The type tensor `name` is stored in, when it is quantized or half precision in a
+    /// way the consumer computes with (GGUF); `None` for f32 sources and HF checkpoints.
+    fn stored_type(&self, _name: &str) -> Option<pajamas_quant::GgmlType> {
+        None
+    }
+    /// Whether llama.cpp is this source's consumer: its attention keeps K and V in an
+    /// f16 cache and multiplies in f16 (see [`crate::Model::llama_cpp_activations`]).
+    fn llama_cpp_attention(&self) -> bool {
+        false
+    }
 }
 
 /// A HuggingFace folder (`config.json` + safetensors) read through `pajamas-model`.
@@ -171,5 +181,14 @@ impl WeightSource for GgufSource {
 
     fn norms_include_one(&self) -> bool {
         true
+    }
+
+    fn llama_cpp_attention(&self) -> bool {
+        true
+    }
+
+    fn stored_type(&self, name: &str) -> Option<pajamas_quant::GgmlType> {
+        let (g, _) = self.locate(name)?;
+        Some(self.file.tensor(&g)?.ggml_type)
     }
 }
