@@ -162,9 +162,23 @@ struct LlmArgs {
     /// HuggingFace folder or hub id in the local cache.
     #[arg(long)]
     model: String,
-    /// Output formats (comma-separated). Today: gguf.
+    /// Output formats (comma-separated): gguf, mlx. Both come from one read of the source.
     #[arg(long, default_value = "gguf", value_delimiter = ',')]
     formats: Vec<String>,
+    /// MLX: base bits (2, 3, 4, 5, 6, 8).
+    #[arg(long, default_value_t = 4)]
+    mlx_bits: u32,
+    /// MLX: group size (32, 64, 128; default: 64, or the architecture's recommendation
+    /// for the architecture-aware plan).
+    #[arg(long)]
+    mlx_group_size: Option<usize>,
+    /// MLX: one of mlx-lm's mixed recipes (mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6).
+    #[arg(long)]
+    mlx_recipe: Option<String>,
+    /// MLX: every quantizable module at --mlx-bits (mlx_lm.convert's default) instead of
+    /// our architecture-aware plan.
+    #[arg(long)]
+    mlx_uniform: bool,
     /// GGUF file types, comma-separated (each source tensor is read once for all).
     #[arg(long, default_value = "Q4_K_M", value_delimiter = ',')]
     gguf_precision: Vec<String>,
@@ -253,12 +267,46 @@ fn overrides(a: &LlmArgs) -> Result<Overrides> {
     })
 }
 
+fn mlx_choice(a: &LlmArgs, model: &str) -> Result<pajamas_mlx::MlxChoice> {
+    use pajamas_mlx::{MlxChoice, Recipe};
+    let group = a.mlx_group_size;
+    Ok(match (&a.mlx_recipe, a.mlx_uniform) {
+        (Some(_), true) => bail!("--mlx-recipe and --mlx-uniform exclude each other"),
+        (Some(r), false) => MlxChoice::Recipe {
+            recipe: Recipe::from_name(r).ok_or_else(|| {
+                anyhow!("--mlx-recipe {r}: expected mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6")
+            })?,
+            group_size: group.unwrap_or(64),
+        },
+        (None, true) => MlxChoice::Uniform {
+            bits: a.mlx_bits,
+            group_size: group.unwrap_or(64),
+        },
+        (None, false) => {
+            let arch = llama_pajamas::detect_model(model)?.architecture;
+            match (MlxChoice::architecture_aware(&arch, a.mlx_bits), group) {
+                (_, Some(group_size)) => MlxChoice::ArchitectureAware {
+                    base_bits: a.mlx_bits,
+                    group_size,
+                },
+                (c, None) => c,
+            }
+        }
+    })
+}
+
 fn run_llm(a: LlmArgs) -> Result<()> {
     for f in &a.formats {
-        if f != "gguf" {
-            bail!("--formats {f}: only gguf is implemented so far (mlx is next)");
+        if f != "gguf" && f != "mlx" {
+            bail!("--formats {f}: expected gguf and/or mlx");
         }
     }
+    let want_gguf = a.formats.iter().any(|f| f == "gguf");
+    let mlx = if a.formats.iter().any(|f| f == "mlx") {
+        Some(mlx_choice(&a, &a.model)?)
+    } else {
+        None
+    };
     let ftypes = a
         .gguf_precision
         .iter()
@@ -275,6 +323,7 @@ fn run_llm(a: LlmArgs) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let ftypes = if want_gguf { ftypes } else { Vec::new() };
     let rules = Rules::from_name(&a.rules).ok_or_else(|| {
         anyhow!(
             "--rules {}: expected architecture-aware or llama.cpp",
@@ -285,11 +334,13 @@ fn run_llm(a: LlmArgs) -> Result<()> {
         model: a.model.clone(),
         output: a.output.clone(),
         ftypes,
+        mlx,
         rules,
         overrides: overrides(&a)?,
         pre_tokenizer: a.pre_tokenizer.clone(),
         imatrix: a.imatrix.clone(),
         dry_run: a.dry_run,
+        verbose_plan: a.verbose,
         force: a.force,
         progress: !a.json && std::io::stderr().is_terminal(),
     };
@@ -316,6 +367,9 @@ fn run_llm(a: LlmArgs) -> Result<()> {
             "{}",
             llama_pajamas::report::render_plans(&report.plans, a.verbose)
         );
+        if let Some(t) = &report.mlx_plan_text {
+            print!("{t}");
+        }
     } else {
         for o in &report.outputs {
             println!(

@@ -54,6 +54,34 @@ impl Artifact {
     }
 }
 
+impl Artifact {
+    /// The entry of an MLX checkpoint folder.
+    pub fn mlx(
+        root: &Path,
+        out: &pajamas_mlx::MlxOutput,
+        plan: &pajamas_mlx::MlxPlan,
+        seconds: f64,
+    ) -> Artifact {
+        let summary = plan.summary();
+        Artifact {
+            format: "mlx".into(),
+            precision: plan.choice.dir_name(),
+            path: out
+                .dir
+                .strip_prefix(root)
+                .unwrap_or(&out.dir)
+                .display()
+                .to_string(),
+            size_bytes: out.total_bytes,
+            bits_per_weight: (summary.bits_per_weight * 1000.0).round() / 1000.0,
+            rules: summary.label.clone(),
+            tensor_types: summary.modules.clone(),
+            seconds: (seconds * 100.0).round() / 100.0,
+            quality: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub schema_version: u32,

@@ -33,6 +33,9 @@ pub fn evaluate_outputs(
     opts.chunks_for(tokens.len())
         .with_context(|| text.display().to_string())?;
     for artifact in &mut report.outputs {
+        if artifact.format != "gguf" {
+            continue; // the runtime reads GGUF and HF folders, not MLX checkpoints yet
+        }
         let path = out_root.join(&artifact.path);
         let model = load_model(&path.display().to_string())?;
         let (r, seconds) = run_eval(

@@ -22,12 +22,15 @@ use pajamas_quant::GgmlType;
 
 use crate::manifest::{Artifact, Manifest};
 
-/// Options of `quantize llm` that concern GGUF output.
+/// Options of `quantize llm`.
 #[derive(Debug, Clone)]
 pub struct QuantizeOptions {
     pub model: String,
     pub output: PathBuf,
+    /// GGUF file types to write (empty: no GGUF output).
     pub ftypes: Vec<Ftype>,
+    /// The MLX checkpoint to write, if any (HF sources only).
+    pub mlx: Option<pajamas_mlx::MlxChoice>,
     pub rules: Rules,
     pub overrides: Overrides,
     pub pre_tokenizer: Option<String>,
@@ -35,6 +38,8 @@ pub struct QuantizeOptions {
     /// tensor's scale search.
     pub imatrix: Option<PathBuf>,
     pub dry_run: bool,
+    /// With --dry-run: list every module of the MLX plan, also those kept as they are.
+    pub verbose_plan: bool,
     pub force: bool,
     /// Show a progress bar (off for --json and when stderr is not a terminal).
     pub progress: bool,
@@ -57,6 +62,13 @@ pub struct QuantizeReport {
     pub model: String,
     pub architecture: ArchitectureInfo,
     pub plans: Vec<GgufPlan>,
+    /// The MLX plan, when MLX output was requested.
+    pub mlx_plan: Option<pajamas_mlx::MlxPlanSummary>,
+    /// The MLX plan module by module (for --dry-run).
+    #[serde(skip)]
+    pub mlx_plan_text: Option<String>,
+    /// Source tensors read (each at most once, whatever the number of outputs).
+    pub tensors_read: usize,
     pub outputs: Vec<Artifact>,
     pub manifest: Option<PathBuf>,
 }
@@ -137,13 +149,20 @@ enum Source {
 }
 
 impl Source {
-    /// One tensor as f32, in GGUF layout (transforms applied).
-    fn read(&self, t: &SourceTensor, computed: Option<&Vec<f32>>) -> Result<Vec<f32>> {
+    /// One tensor as f32, in GGUF layout (transforms applied). `raw` sees the values as
+    /// stored in the source first (HF layout, for the MLX writer).
+    fn read(
+        &self,
+        t: &SourceTensor,
+        computed: Option<&Vec<f32>>,
+        raw_sink: &mut dyn FnMut(&str, &[f32]) -> Result<()>,
+    ) -> Result<Vec<f32>> {
         match (self, &t.hf) {
             (_, None) => Ok(computed.cloned().expect("computed tensors are precomputed")),
             (Source::Hf(model), Some(hf)) => {
                 let raw = model.read_f32_streaming(hf)?;
                 check_values(hf, &raw)?;
+                raw_sink(hf, &raw)?;
                 let rows: u64 = t.ne.iter().skip(1).product();
                 Ok(pajamas_convert::names::apply(
                     t.transform,
@@ -286,11 +305,35 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mlx_plan = match (&opts.mlx, &source) {
+        (None, _) => None,
+        (Some(choice), Source::Hf(model)) => {
+            let sources: Vec<pajamas_mlx::SourceTensor> = model
+                .tensors()
+                .map(|t| pajamas_mlx::SourceTensor {
+                    name: t.info.name.clone(),
+                    shape: t.info.shape.clone(),
+                    dtype: t.info.dtype,
+                })
+                .collect();
+            Some(
+                pajamas_mlx::plan_mlx(&sources, model.config(), &arch, *choice)
+                    .with_context(|| format!("planning MLX output for {}", dir.display()))?,
+            )
+        }
+        (Some(_), Source::Gguf(f)) => bail!(
+            "{}: MLX output needs the HuggingFace checkpoint (a GGUF's quantized weights would be quantized twice); pass the HF folder as --model",
+            f.path().display()
+        ),
+    };
     if opts.dry_run {
         return Ok(QuantizeReport {
             model: name,
             architecture: arch,
             plans,
+            mlx_plan: mlx_plan.as_ref().map(|p| p.summary()),
+            mlx_plan_text: mlx_plan.as_ref().map(|p| p.render(opts.verbose_plan)),
+            tensors_read: 0,
             outputs: Vec::new(),
             manifest: None,
         });
@@ -349,6 +392,23 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         writers.push(w);
     }
 
+    let mlx_dir = mlx_plan
+        .as_ref()
+        .map(|p| out_root.join("mlx").join(p.choice.dir_name()));
+    let mut mlx_writer = match (&mlx_plan, &mlx_dir) {
+        (Some(p), Some(d)) => {
+            if d.join("config.json").exists() && !opts.force {
+                bail!("{} exists; pass --force to overwrite it", d.display());
+            }
+            Some(pajamas_mlx::MlxWriter::create(
+                d,
+                &p.output_tensors(),
+                pajamas_mlx::DEFAULT_MAX_SHARD_BYTES,
+            )?)
+        }
+        _ => None,
+    };
+
     let total_bytes: u64 = tensors.iter().map(|t| t.bytes).sum();
     let bar = if opts.progress {
         let b = ProgressBar::new(total_bytes);
@@ -363,9 +423,23 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         ProgressBar::hidden()
     };
     let started = Instant::now();
+    let mut tensors_read = 0usize;
     for t in &tensors {
         bar.set_message(t.gguf.clone());
-        let data = source.read(t, rope_freqs.as_ref())?;
+        let mut to_mlx = |hf: &str, raw: &[f32]| -> Result<()> {
+            if let (Some(p), Some(w)) = (&mlx_plan, mlx_writer.as_mut()) {
+                if p.get(hf).is_some() {
+                    for (out, bytes) in p.encode(hf, raw)? {
+                        w.write_tensor(&out, &bytes)?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        let data = source.read(t, rope_freqs.as_ref(), &mut to_mlx)?;
+        if t.hf.is_some() {
+            tensors_read += 1;
+        }
         let importance = imatrix.as_ref().and_then(|im| im.importance(&t.gguf));
         for (w, plan) in writers.iter_mut().zip(&plans) {
             let planned = plan.get(&t.gguf).expect("planned");
@@ -388,11 +462,27 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             started.elapsed().as_secs_f64(),
         ));
     }
+    if let (Some(p), Some(w), Source::Hf(model)) = (&mlx_plan, mlx_writer, &source) {
+        let written = w.finish(
+            &p.config_json(model.config()),
+            p.parameters(),
+            model.tokenizer_files(),
+        )?;
+        outputs.push(Artifact::mlx(
+            &out_root,
+            &written,
+            p,
+            started.elapsed().as_secs_f64(),
+        ));
+    }
     let manifest = Manifest::update(&out_root, &name, &arch, &outputs)?;
     Ok(QuantizeReport {
         model: name,
         architecture: arch,
         plans,
+        mlx_plan: mlx_plan.as_ref().map(|p| p.summary()),
+        mlx_plan_text: None,
+        tensors_read,
         outputs,
         manifest: Some(manifest),
     })

@@ -20,11 +20,13 @@ fn convert(name: &str, ftype: Ftype, out: &std::path::Path) -> PathBuf {
         model: fixture(name).display().to_string(),
         output: out.to_path_buf(),
         ftypes: vec![ftype],
+        mlx: None,
         rules: Rules::ArchitectureAware,
         overrides: Overrides::default(),
         pre_tokenizer: None,
         imatrix: None,
         dry_run: false,
+        verbose_plan: false,
         force: true,
         progress: false,
     };
