@@ -85,6 +85,25 @@ pub fn tokenize_file(tok: &Tokenizer, text: &Path) -> Result<Vec<u32>> {
     Ok(tok.encode(&s, true))
 }
 
+/// Tokenizes `text` and cuts it the way llama-perplexity would (BOS per chunk when the
+/// vocabulary adds one); errors, naming the file, when the text does not fill one chunk.
+pub fn prepare_text(
+    tok: &Tokenizer,
+    text: &Path,
+    ctx: usize,
+    chunks: Option<usize>,
+) -> Result<(Vec<u32>, EvalOptions)> {
+    let tokens = tokenize_file(tok, text)?;
+    let opts = EvalOptions {
+        ctx,
+        max_chunks: chunks,
+        bos: chunk_bos(tok),
+    };
+    opts.chunks_for(tokens.len())
+        .with_context(|| text.display().to_string())?;
+    Ok((tokens, opts))
+}
+
 /// Options of `eval`.
 #[derive(Debug, Clone)]
 pub struct EvalArgs {
@@ -269,14 +288,7 @@ pub fn eval_command(a: &EvalArgs) -> Result<EvalSummary> {
             r.exact_f32();
         }
     }
-    let tokens = tokenize_file(&model.tokenizer, &a.text)?;
-    let opts = EvalOptions {
-        ctx: a.ctx,
-        max_chunks: a.chunks,
-        bos: chunk_bos(&model.tokenizer),
-    };
-    opts.chunks_for(tokens.len())
-        .with_context(|| a.text.display().to_string())?;
+    let (tokens, opts) = prepare_text(&model.tokenizer, &a.text, a.ctx, a.chunks)?;
     let (report, seconds) = run_eval(
         &model,
         reference.as_ref(),

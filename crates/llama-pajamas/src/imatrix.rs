@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use pajamas_convert::map_name;
 use pajamas_imatrix::{Collector, Imatrix};
-use pajamas_runtime::{EvalOptions, LinearHook, LinearInput, ModelConfig};
+use pajamas_runtime::{LinearHook, LinearInput, ModelConfig};
 
-use crate::eval::{chunk_bos, load_model, run_eval, tokenize_file};
+use crate::eval::{load_model, prepare_text, run_eval};
 
 /// Options of `imatrix`.
 #[derive(Debug, Clone)]
@@ -91,14 +91,7 @@ pub fn imatrix_command(a: &ImatrixArgs) -> Result<ImatrixSummary> {
         );
     }
     let model = load_model(&a.model)?;
-    let tokens = tokenize_file(&model.tokenizer, &a.calibration)?;
-    let opts = EvalOptions {
-        ctx: a.ctx,
-        max_chunks: a.chunks,
-        bos: chunk_bos(&model.tokenizer),
-    };
-    opts.chunks_for(tokens.len())
-        .with_context(|| a.calibration.display().to_string())?;
+    let (tokens, opts) = prepare_text(&model.tokenizer, &a.calibration, a.ctx, a.chunks)?;
     let mut hook = CollectHook {
         config: &model.model.config,
         collector: Collector::new(a.ctx).process_output(a.process_output),

@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use pajamas_runtime::{EvalOptions, NoHook};
+use pajamas_runtime::NoHook;
 
-use crate::eval::{chunk_bos, load_model, run_eval, summarize, tokenize_file};
+use crate::eval::{load_model, prepare_text, run_eval, summarize};
 use crate::manifest::Manifest;
 use crate::quantize::QuantizeReport;
 
@@ -24,14 +24,7 @@ pub fn evaluate_outputs(
     progress: bool,
 ) -> Result<()> {
     let reference = load_model(source).context("loading the source model for --evaluate")?;
-    let tokens = tokenize_file(&reference.tokenizer, text)?;
-    let opts = EvalOptions {
-        ctx,
-        max_chunks: chunks,
-        bos: chunk_bos(&reference.tokenizer),
-    };
-    opts.chunks_for(tokens.len())
-        .with_context(|| text.display().to_string())?;
+    let (tokens, opts) = prepare_text(&reference.tokenizer, text, ctx, chunks)?;
     for artifact in &mut report.outputs {
         if artifact.format != "gguf" {
             continue; // the runtime reads GGUF and HF folders, not MLX checkpoints yet
