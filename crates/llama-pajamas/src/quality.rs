@@ -26,9 +26,6 @@ pub fn evaluate_outputs(
     let reference = load_model(source).context("loading the source model for --evaluate")?;
     let (tokens, opts) = prepare_text(&reference.tokenizer, text, ctx, chunks)?;
     for artifact in &mut report.outputs {
-        if artifact.format != "gguf" {
-            continue; // the runtime reads GGUF and HF folders, not MLX checkpoints yet
-        }
         let path = out_root.join(&artifact.path);
         let model = load_model(&path.display().to_string())?;
         let (r, seconds) = run_eval(
@@ -56,7 +53,11 @@ pub fn evaluate_outputs(
             "kl_divergence_median": kl.map(|k| k.median),
             "kl_divergence_p99": kl.map(|k| k.p99),
             "top1_agreement": kl.map(|k| k.top1_agreement),
-            "measured_by": "llama-pajamas eval (f32 forward pass, dequantized weights)",
+            "measured_by": if artifact.format == "gguf" {
+                "llama-pajamas eval (dequantized weights, llama.cpp's CPU activation rounding)"
+            } else {
+                "llama-pajamas eval (f32 forward pass over mx.dequantize'd weights)"
+            },
         }));
     }
     let manifest = Manifest::update(

@@ -175,6 +175,12 @@ impl HfModel {
         self.shard_of(name)?.data(name)
     }
 
+    /// Raw bytes of one tensor, read with a positioned read (no mmap): for tensors that
+    /// are not floats, such as MLX's packed `uint32` weights.
+    pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        self.shard_of(name)?.read_bytes(name)
+    }
+
     /// One tensor decoded to f32 (through the memory map).
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
         self.shard_of(name)?.read_f32(name)

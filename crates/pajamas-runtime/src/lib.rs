@@ -3,7 +3,8 @@
 //!
 //! - [`WeightSource`] is where tensors come from, by their HuggingFace names;
 //!   [`HfSource`] reads an HF folder through `pajamas-model`, [`GgufSource`] dequantizes
-//!   a GGUF file (so a quantized model's error is exactly its quantization error).
+//!   a GGUF file (so a quantized model's error is exactly its quantization error),
+//!   [`MlxSource`] dequantizes an MLX checkpoint the way `mx.dequantize` does.
 //! - [`Model`] holds the weights and computes logits `[n_tokens x vocab]` for a token
 //!   sequence at positions `0..n`.
 //! - [`LinearHook`] is called with the input activations of every linear layer, before
@@ -19,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod hook;
+pub mod mlx_source;
 pub mod model;
 pub mod ops;
 pub mod perplexity;
@@ -29,6 +31,7 @@ pub use config::{Family, ModelConfig, Rope};
 pub use error::{Result, RuntimeError};
 pub use eval::{evaluate, ChunkDone, EvalOptions, EvalReport, KlStats};
 pub use hook::{LinearHook, LinearInput, NoHook};
+pub use mlx_source::MlxSource;
 pub use model::{LayerWeights, Linear, Model};
 pub use perplexity::{perplexity, perplexity_with_hook, Perplexity};
 pub use weights::{GgufSource, HfSource, WeightSource};

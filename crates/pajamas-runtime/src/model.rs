@@ -7,6 +7,7 @@ use crate::act_quant::ActQuant;
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::hook::{LinearHook, LinearInput, NoHook};
+use crate::mlx_source::{is_mlx_dir, MlxSource};
 use crate::ops::{self, AttentionShape};
 use crate::weights::{GgufSource, HfSource, WeightSource};
 
@@ -161,11 +162,19 @@ impl Model {
         Self::load(&GgufSource::open(path)?)
     }
 
-    /// Opens an HF folder or a `.gguf` file.
+    /// Opens a quantized MLX checkpoint folder and dequantizes every weight.
+    pub fn from_mlx_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load(&MlxSource::open(dir)?)
+    }
+
+    /// Opens an HF folder, a `.gguf` file or an MLX checkpoint (a folder whose
+    /// `config.json` has a `quantization` block).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
             Self::from_gguf(path)
+        } else if is_mlx_dir(path) {
+            Self::from_mlx_dir(path)
         } else {
             Self::from_hf_dir(path)
         }
