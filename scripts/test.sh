@@ -26,4 +26,4 @@ cargo build --quiet --release --workspace --bins --examples
 echo "== oracle tests (pytest)"
 LLAMA_PAJAMAS_BIN="$PWD/target/release/llama-pajamas-quant" PAJAMAS_EXAMPLES="$PWD/target/release/examples" \
     SMOLLM2_DIR="$SMOLLM2" LLAMA_TOOLS_DIR="$LLAMA_TOOLS" \
-    "$PY" -m pytest tests/oracle -q -p no:cacheprovider ${PYTEST_ARGS:-}
+    "$PY" -m pytest tests/oracle -q -p no:cacheprovider --durations=25 ${PYTEST_ARGS:-}
