@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use pajamas_convert::map_name;
+use pajamas_convert::{map_expert, map_name};
 use pajamas_imatrix::{Collector, Imatrix};
 use pajamas_runtime::{LinearHook, LinearInput, ModelConfig};
 
@@ -69,14 +69,29 @@ impl LinearHook for CollectHook<'_> {
         if self.error.is_some() {
             return;
         }
-        let name = self.gguf_name(input);
+        // An expert's matrix is one slice of its layer's stacked `*_exps` weight.
+        let expert = map_expert(input.tensor).zip(self.config.moe.as_ref().map(|m| m.n_experts));
+        let name = match &expert {
+            Some(((stacked, _), _)) => stacked.clone(),
+            None => self.gguf_name(input),
+        };
         if !self.collector.wants(&name) {
             return;
         }
-        if let Err(e) = self
-            .collector
-            .add(&name, input.data, input.n_tokens, input.in_features)
-        {
+        let added = match expert {
+            Some(((_, e), n_experts)) => self.collector.add_expert(
+                &name,
+                e as usize,
+                n_experts,
+                input.data,
+                input.n_tokens,
+                input.in_features,
+            ),
+            None => self
+                .collector
+                .add(&name, input.data, input.n_tokens, input.in_features),
+        };
+        if let Err(e) = added {
             self.error = Some(e.into());
         }
     }

@@ -4,6 +4,7 @@
 //! transformed (rope permutation, Gemma norm offset), then quantized into each requested
 //! file; only one tensor (and its quantized copies) is in memory at a time.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,9 +15,11 @@ use serde::Serialize;
 use pajamas_arch::{detect, ArchitectureInfo};
 use pajamas_convert::from_gguf::config_from_gguf;
 use pajamas_convert::metadata::{llama3_rope_factors, model_metadata, tokenizer_metadata};
-use pajamas_convert::{gguf_arch, map_name, read_vocab, sort_key, Transform, CONVERTIBLE};
+use pajamas_convert::{
+    gguf_arch, map_expert, map_name, read_vocab, sort_key, Transform, CONVERTIBLE,
+};
 use pajamas_gguf::{GgufFile, GgufWriter, Value};
-use pajamas_model::{locate, CacheEnv, HfModel, ModelLocation};
+use pajamas_model::{locate, CacheEnv, HfModel, ListedTensor, ModelLocation};
 use pajamas_plan::{plan_gguf, Ftype, GgufPlan, Overrides, PlanInput, Rules};
 use pajamas_quant::GgmlType;
 
@@ -48,8 +51,10 @@ pub struct QuantizeOptions {
 /// Where each source tensor goes.
 #[derive(Debug, Clone)]
 struct SourceTensor {
-    /// HF name, or `None` for tensors we compute (rope_freqs).
-    hf: Option<String>,
+    /// The source tensors it is made of, in order: one for most; one per expert for a
+    /// stacked `*_exps` tensor (concatenated along the outermost dim); none for tensors
+    /// we compute (rope_freqs).
+    parts: Vec<String>,
     gguf: String,
     ne: Vec<u64>,
     transform: Transform,
@@ -92,10 +97,17 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
     let heads = att.map(|a| a.num_heads).unwrap_or(1);
     let kv = att.map(|a| a.num_kv_heads).unwrap_or(heads);
     let mut out = Vec::new();
+    // Per-expert matrices, gathered into their stacked tensor: name -> (expert, tensor).
+    let mut experts: BTreeMap<String, Vec<(u64, ListedTensor)>> = BTreeMap::new();
     for t in model.tensors() {
         let name = &t.info.name;
         if arch.tie_word_embeddings && name == "lm_head.weight" {
             continue; // stored twice by some checkpoints; GGUF keeps the embedding only
+        }
+        if let Some((gguf, e)) = map_expert(name) {
+            check_float(&t)?;
+            experts.entry(gguf).or_default().push((e, t));
+            continue;
         }
         let Some((gguf, transform)) = map_name(name, &arch.model_type, heads, kv) else {
             if name.ends_with("rotary_emb.inv_freq") {
@@ -107,20 +119,46 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
                 arch.model_type
             );
         };
-        if !t.info.dtype.is_float_readable() {
-            bail!(
-                "{}: tensor '{name}' is {}; only F32/F16/BF16 checkpoints convert today",
-                t.shard.display(),
-                t.info.dtype
-            );
-        }
+        check_float(&t)?;
         let ne: Vec<u64> = t.info.shape.iter().rev().copied().collect();
         out.push(SourceTensor {
-            hf: Some(name.clone()),
+            parts: vec![name.clone()],
             gguf,
             ne,
             transform,
             bytes: t.info.nbytes(),
+        });
+    }
+    for (gguf, mut list) in experts {
+        list.sort_by_key(|(e, _)| *e);
+        let n = list.len() as u64;
+        if let Some(i) = list
+            .iter()
+            .enumerate()
+            .position(|(i, (e, _))| *e != i as u64)
+        {
+            bail!(
+                "{}: experts of '{gguf}' are not numbered 0..{n}: expert {i} is missing; the checkpoint is incomplete",
+                model.dir().display()
+            );
+        }
+        let shape = &list[0].1.info.shape;
+        if let Some((_, t)) = list.iter().find(|(_, t)| &t.info.shape != shape) {
+            bail!(
+                "{}: tensor '{}' has shape {:?}, the other experts of '{gguf}' {shape:?}",
+                t.shard.display(),
+                t.info.name,
+                t.info.shape
+            );
+        }
+        let mut ne: Vec<u64> = shape.iter().rev().copied().collect();
+        ne.push(n);
+        out.push(SourceTensor {
+            parts: list.iter().map(|(_, t)| t.info.name.clone()).collect(),
+            gguf,
+            ne,
+            transform: Transform::None,
+            bytes: list.iter().map(|(_, t)| t.info.nbytes()).sum(),
         });
     }
     out.sort_by_key(|t| sort_key(&t.gguf));
@@ -130,6 +168,18 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
         }
     }
     Ok(out)
+}
+
+fn check_float(t: &ListedTensor) -> Result<()> {
+    if !t.info.dtype.is_float_readable() {
+        bail!(
+            "{}: tensor '{}' is {}; only F32/F16/BF16 checkpoints convert today",
+            t.shard.display(),
+            t.info.name,
+            t.info.dtype
+        );
+    }
+    Ok(())
 }
 
 fn check_values(name: &str, data: &[f32]) -> Result<()> {
@@ -157,9 +207,9 @@ impl Source {
         computed: Option<&Vec<f32>>,
         raw_sink: &mut dyn FnMut(&str, &[f32]) -> Result<()>,
     ) -> Result<Vec<f32>> {
-        match (self, &t.hf) {
-            (_, None) => Ok(computed.cloned().expect("computed tensors are precomputed")),
-            (Source::Hf(model), Some(hf)) => {
+        match (self, t.parts.as_slice()) {
+            (_, []) => Ok(computed.cloned().expect("computed tensors are precomputed")),
+            (Source::Hf(model), [hf]) => {
                 let raw = model.read_f32_streaming(hf)?;
                 check_values(hf, &raw)?;
                 raw_sink(hf, &raw)?;
@@ -171,7 +221,18 @@ impl Source {
                     t.ne[0] as usize,
                 ))
             }
-            (Source::Gguf(file), Some(name)) => {
+            (Source::Hf(model), experts) => {
+                // A stacked expert tensor: the experts' matrices one after the other.
+                let mut data = Vec::with_capacity(t.ne.iter().product::<u64>() as usize);
+                for hf in experts {
+                    let raw = model.read_f32_streaming(hf)?;
+                    check_values(hf, &raw)?;
+                    raw_sink(hf, &raw)?;
+                    data.extend_from_slice(&raw);
+                }
+                Ok(data)
+            }
+            (Source::Gguf(file), [name]) => {
                 let info = file.tensor(name).expect("listed from this file");
                 let bytes = file.data_of(info)?;
                 let data = pajamas_quant::dequantize_rows(info.ggml_type, bytes, t.ne[0] as usize)
@@ -179,6 +240,7 @@ impl Source {
                 check_values(name, &data)?;
                 Ok(data)
             }
+            (Source::Gguf(_), _) => unreachable!("a GGUF tensor is read as itself"),
         }
     }
 }
@@ -235,7 +297,7 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
                 .tensors()
                 .iter()
                 .map(|t| SourceTensor {
-                    hf: Some(t.name.clone()),
+                    parts: vec![t.name.clone()],
                     gguf: t.name.clone(),
                     ne: t.dims.clone(),
                     transform: Transform::None,
@@ -272,7 +334,7 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
     };
     if let Some(f) = &rope_freqs {
         tensors.push(SourceTensor {
-            hf: None,
+            parts: vec![],
             gguf: "rope_freqs.weight".into(),
             ne: vec![f.len() as u64],
             transform: Transform::None,
@@ -437,9 +499,7 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             Ok(())
         };
         let data = source.read(t, rope_freqs.as_ref(), &mut to_mlx)?;
-        if t.hf.is_some() {
-            tensors_read += 1;
-        }
+        tensors_read += t.parts.len();
         let importance = imatrix.as_ref().and_then(|im| im.importance(&t.gguf));
         for (w, plan) in writers.iter_mut().zip(&plans) {
             let planned = plan.get(&t.gguf).expect("planned");
@@ -521,7 +581,30 @@ fn encode(
     importance: Option<&[f32]>,
 ) -> Result<Vec<u8>> {
     let importance = importance.filter(|_| ty.is_quantized());
-    pajamas_quant::quantize_rows(ty, data, n_per_row, importance).map_err(|e| anyhow!("{e}"))
+    match importance {
+        // A stacked expert tensor's imatrix entry has one vector per expert: each
+        // expert's matrix is quantized with its own (llama-quantize does the same).
+        Some(imp) if imp.len() > n_per_row && imp.len().is_multiple_of(n_per_row) => {
+            let n_mat = imp.len() / n_per_row;
+            if !data.len().is_multiple_of(n_mat) {
+                bail!(
+                    "{} values do not split into the imatrix's {n_mat} matrices",
+                    data.len()
+                );
+            }
+            let per_mat = data.len() / n_mat;
+            let mut out = Vec::new();
+            for (m, w) in data.chunks_exact(per_mat).zip(imp.chunks_exact(n_per_row)) {
+                out.extend(
+                    pajamas_quant::quantize_rows(ty, m, n_per_row, Some(w))
+                        .map_err(|e| anyhow!("{e}"))?,
+                );
+            }
+            Ok(out)
+        }
+        _ => pajamas_quant::quantize_rows(ty, data, n_per_row, importance)
+            .map_err(|e| anyhow!("{e}")),
+    }
 }
 
 /// Reads an imatrix and checks it against the tensors to be written: every matrix of

@@ -7,5 +7,5 @@ pub mod names;
 pub mod sentencepiece;
 pub mod tokenizer;
 
-pub use names::{gguf_arch, map_name, sort_key, Transform, CONVERTIBLE};
+pub use names::{gguf_arch, map_expert, map_name, sort_key, Transform, CONVERTIBLE};
 pub use tokenizer::{read_vocab, TokenizerError, Vocab};

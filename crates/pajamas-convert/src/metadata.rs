@@ -101,6 +101,27 @@ pub fn model_metadata(
         put(&key("vocab_size"), Value::U32(a.vocab_size as u32));
         put(&key("rope.dimension_count"), Value::U32(head_dim as u32));
     }
+    if let Some(moe) = &a.moe {
+        put(&key("expert_count"), Value::U32(moe.num_experts as u32));
+        put(
+            &key("expert_used_count"),
+            Value::U32(moe.experts_per_token as u32),
+        );
+        // Mixtral (`llama`) experts are as wide as feed_forward_length; Qwen's have
+        // their own width, and Qwen2-MoE's shared expert another.
+        if arch_name != "llama" {
+            put(
+                &key("expert_feed_forward_length"),
+                Value::U32(moe.expert_ffn_size as u32),
+            );
+        }
+        if let (Some(w), "qwen2moe") = (moe.shared_expert_ffn_size, arch_name) {
+            put(
+                &key("expert_shared_feed_forward_length"),
+                Value::U32(w as u32),
+            );
+        }
+    }
     if let Some(w) = att.and_then(|x| x.sliding_window) {
         put(&key("attention.sliding_window"), Value::U32(w as u32));
         // llama.cpp assumes Gemma 3's period of 6 unless told which layers are local.

@@ -22,9 +22,12 @@ pub enum Transform {
 /// The GGUF architecture name a model type converts to.
 pub fn gguf_arch(model_type: &str) -> Option<&'static str> {
     Some(match model_type {
-        "llama" | "mistral" => "llama",
+        // Mixtral is llama.cpp's `llama` architecture with experts.
+        "llama" | "mistral" | "mixtral" => "llama",
         "qwen2" => "qwen2",
         "qwen3" => "qwen3",
+        "qwen2_moe" => "qwen2moe",
+        "qwen3_moe" => "qwen3moe",
         "gemma3" | "gemma3_text" => "gemma3",
         _ => return None,
     })
@@ -38,6 +41,9 @@ pub const CONVERTIBLE: &[&str] = &[
     "qwen3",
     "gemma3",
     "gemma3_text",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
 ];
 
 /// Maps one HF tensor name. `None` for tensors that GGUF does not store (e.g. rotary
@@ -49,7 +55,7 @@ pub fn map_name(
     kv_heads: u64,
 ) -> Option<(String, Transform)> {
     let gemma = model_type.starts_with("gemma");
-    let llama_rope = matches!(model_type, "llama" | "mistral");
+    let llama_rope = matches!(model_type, "llama" | "mistral" | "mixtral");
     let hf = hf
         .strip_prefix("model.language_model.")
         .map(|s| format!("model.{s}"))
@@ -96,9 +102,36 @@ pub fn map_name(
         "mlp.gate_proj" => plain("ffn_gate"),
         "mlp.up_proj" => plain("ffn_up"),
         "mlp.down_proj" => plain("ffn_down"),
+        // MoE: the router, and Qwen2-MoE's shared expert with its sigmoid gate.
+        "mlp.gate" | "block_sparse_moe.gate" => plain("ffn_gate_inp"),
+        "mlp.shared_expert.gate_proj" => plain("ffn_gate_shexp"),
+        "mlp.shared_expert.up_proj" => plain("ffn_up_shexp"),
+        "mlp.shared_expert.down_proj" => plain("ffn_down_shexp"),
+        "mlp.shared_expert_gate" => plain("ffn_gate_inp_shexp"),
         "self_attn.rotary_emb" => None,
         _ => None,
     }
+}
+
+/// A per-expert HF matrix (`model.layers.L.mlp.experts.E.gate_proj.weight`, Mixtral's
+/// `block_sparse_moe.experts.E.w1.weight`): the stacked GGUF tensor it is slice `E` of
+/// (`blk.L.ffn_gate_exps.weight`, `{in, out, n_expert}`) and `E`.
+pub fn map_expert(hf: &str) -> Option<(String, u64)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    let layer: u64 = layer.parse().ok()?;
+    let leaf = leaf
+        .strip_prefix("mlp.experts.")
+        .or_else(|| leaf.strip_prefix("block_sparse_moe.experts."))?;
+    let (expert, proj) = leaf.split_once('.')?;
+    let expert: u64 = expert.parse().ok()?;
+    let stem = match proj {
+        "gate_proj.weight" | "w1.weight" => "ffn_gate_exps",
+        "up_proj.weight" | "w3.weight" => "ffn_up_exps",
+        "down_proj.weight" | "w2.weight" => "ffn_down_exps",
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{stem}.weight"), expert))
 }
 
 /// Where a tensor goes in the file: token embedding first, then layer by layer in a
@@ -118,6 +151,14 @@ pub fn sort_key(gguf_name: &str) -> (u64, u64, u64) {
         "ffn_gate",
         "ffn_up",
         "ffn_down",
+        "ffn_gate_inp",
+        "ffn_gate_exps",
+        "ffn_down_exps",
+        "ffn_up_exps",
+        "ffn_gate_inp_shexp",
+        "ffn_gate_shexp",
+        "ffn_down_shexp",
+        "ffn_up_shexp",
         "post_ffw_norm",
     ];
     if gguf_name.starts_with("token_embd") {

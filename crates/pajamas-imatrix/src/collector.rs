@@ -11,10 +11,12 @@ const COLLECTOR: &str = "<imatrix collector>";
 
 #[derive(Debug, Clone)]
 struct Accumulator {
-    /// Sum over tokens of the squared activation, per input column.
+    /// Sum over tokens of the squared activation, per input column, matrix-major (one
+    /// block of `in_features` per expert of a stacked expert weight).
     sums: Vec<f64>,
-    /// Tokens summed.
-    tokens: u64,
+    /// Tokens summed, per matrix.
+    tokens: Vec<u64>,
+    in_features: usize,
 }
 
 /// Accumulates the squared inputs of the linear layers during forward passes over
@@ -77,6 +79,41 @@ impl Collector {
         n_tokens: usize,
         in_features: usize,
     ) -> Result<bool> {
+        self.add_matrix(gguf_name, 0, 1, activations, n_tokens, in_features)
+    }
+
+    /// [`Collector::add`] for expert `expert` of a stacked expert weight
+    /// (`blk.N.ffn_*_exps.weight`, `n_experts` matrices): `activations` are the inputs of
+    /// the tokens routed to that expert. As llama-imatrix, each expert keeps its own sums
+    /// and token count, so an expert that saw no token is known as such.
+    pub fn add_expert(
+        &mut self,
+        gguf_name: &str,
+        expert: usize,
+        n_experts: usize,
+        activations: &[f32],
+        n_tokens: usize,
+        in_features: usize,
+    ) -> Result<bool> {
+        self.add_matrix(
+            gguf_name,
+            expert,
+            n_experts,
+            activations,
+            n_tokens,
+            in_features,
+        )
+    }
+
+    fn add_matrix(
+        &mut self,
+        gguf_name: &str,
+        matrix: usize,
+        n_mat: usize,
+        activations: &[f32],
+        n_tokens: usize,
+        in_features: usize,
+    ) -> Result<bool> {
         if !self.wants(gguf_name) {
             return Ok(false);
         }
@@ -100,26 +137,32 @@ impl Collector {
                 i % in_features
             )));
         }
+        if matrix >= n_mat {
+            return Err(bad(format!("expert {matrix} of {n_mat}")));
+        }
         let acc = self
             .stats
             .entry(gguf_name.to_string())
             .or_insert_with(|| Accumulator {
-                sums: vec![0.0; in_features],
-                tokens: 0,
+                sums: vec![0.0; in_features * n_mat],
+                tokens: vec![0; n_mat],
+                in_features,
             });
-        if acc.sums.len() != in_features {
+        if acc.in_features != in_features || acc.tokens.len() != n_mat {
             return Err(bad(format!(
-                "earlier batches had {} input features, this one {in_features}",
-                acc.sums.len()
+                "earlier batches had {} input features (x {} matrices), this one {in_features} (x {n_mat})",
+                acc.in_features,
+                acc.tokens.len(),
             )));
         }
+        let sums = &mut acc.sums[matrix * in_features..(matrix + 1) * in_features];
         for row in activations.chunks_exact(in_features) {
-            for (s, &x) in acc.sums.iter_mut().zip(row) {
+            for (s, &x) in sums.iter_mut().zip(row) {
                 let x = f64::from(x);
                 *s += x * x;
             }
         }
-        acc.tokens += n_tokens as u64;
+        acc.tokens[matrix] += n_tokens as u64;
         Ok(true)
     }
 
@@ -140,7 +183,12 @@ impl Collector {
             .into_iter()
             .map(|(name, acc)| {
                 let in_sum2 = acc.sums.iter().map(|&s| s as f32).collect();
-                (name, Entry::new(in_sum2, acc.tokens as f32))
+                let entry = Entry {
+                    in_sum2,
+                    counts: acc.tokens.iter().map(|&t| t as f32).collect(),
+                    n_per_row: acc.in_features,
+                };
+                (name, entry)
             })
             .collect();
         Imatrix {

@@ -699,6 +699,33 @@ fn collector_errors_name_the_tensor() {
 }
 
 #[test]
+fn collector_keeps_one_vector_and_count_per_expert() {
+    let mut c = Collector::new(4);
+    // Expert 2 of 3 sees two tokens, expert 0 one, expert 1 none.
+    c.add_expert(
+        "blk.0.ffn_up_exps.weight",
+        2,
+        3,
+        &[1.0, 2.0, 3.0, 4.0],
+        2,
+        2,
+    )
+    .unwrap();
+    c.add_expert("blk.0.ffn_up_exps.weight", 0, 3, &[0.5, -1.0], 1, 2)
+        .unwrap();
+    let msg = err_text(c.add_expert("blk.0.ffn_up_exps.weight", 3, 3, &[1.0, 1.0], 1, 2));
+    assert!(msg.contains("expert 3 of 3"), "{msg}");
+    let im = c.into_imatrix(vec![]);
+    let e = &im.entries["blk.0.ffn_up_exps.weight"];
+    assert_eq!(e.n_per_row, 2);
+    assert_eq!(e.counts, vec![1.0, 0.0, 2.0]);
+    assert_eq!(e.in_sum2, vec![0.25, 1.0, 0.0, 0.0, 10.0, 20.0]);
+    // An expert no token reached gets uniform importance, as in llama-quantize.
+    let imp = im.importance("blk.0.ffn_up_exps.weight").unwrap();
+    assert_eq!(imp, vec![0.25, 1.0, 1.0, 1.0, 5.0, 10.0]);
+}
+
+#[test]
 fn collector_output_round_trips() {
     let d = tmp();
     let mut c = Collector::new(2);

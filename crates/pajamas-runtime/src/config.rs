@@ -23,9 +23,9 @@ pub enum Family {
 impl Family {
     fn from_model_type(t: &str) -> Option<Family> {
         Some(match t {
-            "llama" | "mistral" => Family::Llama,
-            "qwen2" => Family::Qwen2,
-            "qwen3" => Family::Qwen3,
+            "llama" | "mistral" | "mixtral" => Family::Llama,
+            "qwen2" | "qwen2_moe" => Family::Qwen2,
+            "qwen3" | "qwen3_moe" => Family::Qwen3,
             "gemma3" | "gemma3_text" => Family::Gemma3,
             _ => return None,
         })
@@ -51,6 +51,23 @@ impl Rope {
             linear_factor: 1.0,
         }
     }
+}
+
+/// Mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE). Which
+/// layers have one is read from the weights (a layer with a router is MoE; Qwen's
+/// `mlp_only_layers` keep a dense MLP).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub n_experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+    /// Width of one routed expert's FFN.
+    pub expert_ffn: usize,
+    /// Renormalise the top-k routing weights to sum to 1 (Mixtral, Qwen3-MoE); otherwise
+    /// they stay softmax probabilities over all experts (Qwen2-MoE).
+    pub norm_topk_prob: bool,
+    /// Width of the always-on shared expert (Qwen2-MoE, gated by a sigmoid), if any.
+    pub shared_ffn: Option<usize>,
 }
 
 /// Dense decoder hyper-parameters.
@@ -84,9 +101,39 @@ pub struct ModelConfig {
     pub attn_scale: f32,
     /// `cap * tanh(logits / cap)` on the output logits (Gemma 2 style), if set.
     pub final_logit_softcap: Option<f32>,
+    /// Routed experts, for MoE models.
+    pub moe: Option<MoeConfig>,
 }
 
-const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma3";
+const SUPPORTED: &str = "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3";
+
+/// The MoE block of an HF config, `None` for dense models.
+fn hf_moe(cfg: &Value, model_type: &str) -> Result<Option<MoeConfig>> {
+    let ffn_key = match model_type {
+        "mixtral" => "intermediate_size",
+        "qwen2_moe" | "qwen3_moe" => "moe_intermediate_size",
+        _ => return Ok(None),
+    };
+    // Qwen's `num_experts` is `num_local_experts` in transformers 5's configs.
+    let n_experts = match get_usize(cfg, "num_experts")? {
+        Some(n) => n,
+        None => need_usize(cfg, "num_local_experts")?,
+    };
+    let shared_ffn = match model_type {
+        "qwen2_moe" => get_usize(cfg, "shared_expert_intermediate_size")?.filter(|w| *w > 0),
+        _ => None,
+    };
+    Ok(Some(MoeConfig {
+        n_experts,
+        top_k: need_usize(cfg, "num_experts_per_tok")?,
+        expert_ffn: need_usize(cfg, ffn_key)?,
+        norm_topk_prob: cfg
+            .get("norm_topk_prob")
+            .and_then(Value::as_bool)
+            .unwrap_or(model_type == "mixtral"),
+        shared_ffn,
+    }))
+}
 
 fn get_usize(cfg: &Value, key: &str) -> Result<Option<usize>> {
     match cfg.get(key) {
@@ -283,6 +330,7 @@ impl ModelConfig {
             layer_sliding,
             attn_scale,
             final_logit_softcap: get_f64(cfg, "final_logit_softcapping")?.map(|c| c as f32),
+            moe: hf_moe(cfg, &model_type)?,
             model_type,
         })
     }
@@ -301,10 +349,12 @@ impl ModelConfig {
             "llama" => (Family::Llama, "llama"),
             "qwen2" => (Family::Qwen2, "qwen2"),
             "qwen3" => (Family::Qwen3, "qwen3"),
+            "qwen2moe" => (Family::Qwen2, "qwen2_moe"),
+            "qwen3moe" => (Family::Qwen3, "qwen3_moe"),
             "gemma3" => (Family::Gemma3, "gemma3_text"),
             other => {
                 return Err(err(format!(
-                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen3, gemma3)"
+                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3)"
                 )))
             }
         };
@@ -354,6 +404,24 @@ impl ModelConfig {
                 rope.linear_factor = fac;
             }
         }
+        // Experts as llama.cpp's loader reads them: Mixtral (`llama`) experts are
+        // feed_forward_length wide and their weights renormalised, Qwen2-MoE's are not.
+        let moe = match uint("expert_count").filter(|n| *n > 0) {
+            None => None,
+            Some(n_experts) => Some(MoeConfig {
+                n_experts,
+                top_k: need("expert_used_count")?,
+                expert_ffn: match uint("expert_feed_forward_length") {
+                    Some(w) => w,
+                    None => need("feed_forward_length")?,
+                },
+                norm_topk_prob: match f.get(&key("expert_weights_norm")) {
+                    Some(pajamas_gguf::Value::Bool(b)) => *b,
+                    _ => arch != "qwen2moe",
+                },
+                shared_ffn: uint("expert_shared_feed_forward_length").filter(|w| *w > 0),
+            }),
+        };
         let (sliding_window, layer_sliding, rope_local) = if gemma {
             let pattern: Vec<bool> = match f.get(&key("attention.sliding_window_pattern")) {
                 Some(pajamas_gguf::Value::Array(pajamas_gguf::Array::Bool(b))) => b.clone(),
@@ -393,6 +461,7 @@ impl ModelConfig {
             layer_sliding,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             final_logit_softcap: float("final_logit_softcapping").map(|c| c as f32),
+            moe,
         })
     }
 

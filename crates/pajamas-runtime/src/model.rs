@@ -8,6 +8,7 @@ use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::hook::{LinearHook, LinearInput, NoHook};
 use crate::mlx_source::{is_mlx_dir, MlxSource};
+use crate::moe::MoeWeights;
 use crate::ops::{self, AttentionShape};
 use crate::weights::{GgufSource, HfSource, WeightSource};
 
@@ -26,7 +27,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn load(src: &dyn WeightSource, name: &str, out: usize, inp: usize) -> Result<Self> {
+    pub(crate) fn load(src: &dyn WeightSource, name: &str, out: usize, inp: usize) -> Result<Self> {
         let weight = read_checked(src, &format!("{name}.weight"), &[out, inp])?;
         let bias_name = format!("{name}.bias");
         let bias = if src.has_tensor(&bias_name) {
@@ -48,7 +49,7 @@ impl Linear {
     }
 
     /// `x` `[n x in_features]` -> `[n x out_features]`, reporting `x` to the hook first.
-    fn apply(
+    pub(crate) fn apply(
         &self,
         layer: usize,
         name: &'static str,
@@ -91,6 +92,82 @@ impl Linear {
     }
 }
 
+/// A gated MLP: `down(act(gate(x)) * up(x))`, SwiGLU (GeGLU with tanh GELU for Gemma).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+    /// GeGLU (Gemma) instead of SwiGLU.
+    pub gelu: bool,
+}
+
+impl Mlp {
+    /// `{prefix}gate_proj`, `{prefix}up_proj`, `{prefix}down_proj`.
+    pub(crate) fn load(
+        src: &dyn WeightSource,
+        prefix: &str,
+        inter: usize,
+        h: usize,
+    ) -> Result<Self> {
+        Self::load_named(
+            src,
+            [
+                &format!("{prefix}gate_proj"),
+                &format!("{prefix}up_proj"),
+                &format!("{prefix}down_proj"),
+            ],
+            inter,
+            h,
+        )
+    }
+
+    /// The three projections by name (Mixtral's experts call them w1, w3, w2).
+    pub(crate) fn load_named(
+        src: &dyn WeightSource,
+        [gate, up, down]: [&str; 3],
+        inter: usize,
+        h: usize,
+    ) -> Result<Self> {
+        Ok(Mlp {
+            gate_proj: Linear::load(src, gate, inter, h)?,
+            up_proj: Linear::load(src, up, inter, h)?,
+            down_proj: Linear::load(src, down, h, inter)?,
+            gelu: false,
+        })
+    }
+
+    /// `x` `[n x hidden]` -> `[n x hidden]`.
+    pub(crate) fn forward(
+        &self,
+        layer: usize,
+        x: &[f32],
+        n: usize,
+        hook: &mut dyn LinearHook,
+        convert: bool,
+    ) -> Vec<f32> {
+        let mut g = self
+            .gate_proj
+            .apply(layer, "gate_proj", x, n, hook, convert);
+        let u = self.up_proj.apply(layer, "up_proj", x, n, hook, convert);
+        if self.gelu {
+            ops::gelu_tanh_mul(&mut g, &u);
+        } else {
+            ops::silu_mul(&mut g, &u);
+        }
+        drop(u);
+        self.down_proj
+            .apply(layer, "down_proj", &g, n, hook, convert)
+    }
+}
+
+/// A layer's feed-forward block.
+#[derive(Debug, Clone)]
+pub enum Ffn {
+    Dense(Mlp),
+    Moe(Box<MoeWeights>),
+}
+
 /// The weights of one decoder layer. Norm weights are stored as the factor the
 /// normalised activations are multiplied by (for Gemma: `1 + w`).
 #[derive(Debug, Clone)]
@@ -109,9 +186,7 @@ pub struct LayerWeights {
     /// Norm before the MLP (`post_attention_layernorm`; Gemma 3:
     /// `pre_feedforward_layernorm`).
     pub ffn_norm: Vec<f32>,
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
+    pub ffn: Ffn,
     /// Norm of the MLP output before the residual add (Gemma 3).
     pub ffn_post_norm: Option<Vec<f32>>,
 }
@@ -201,8 +276,20 @@ impl Model {
             let attn = |n: &str, out: usize, inp: usize| {
                 Linear::load(src, &format!("{p}self_attn.{n}"), out, inp)
             };
-            let mlp = |n: &str, out: usize, inp: usize| {
-                Linear::load(src, &format!("{p}mlp.{n}"), out, inp)
+            // A layer with a router is MoE (Qwen's `mlp_only_layers` keep a dense MLP).
+            let ffn = match &c.moe {
+                Some(moe)
+                    if src.has_tensor(&format!("{p}mlp.gate.weight"))
+                        || src.has_tensor(&format!("{p}block_sparse_moe.gate.weight")) =>
+                {
+                    let mixtral = src.has_tensor(&format!("{p}block_sparse_moe.gate.weight"));
+                    Ffn::Moe(Box::new(MoeWeights::load(src, i, h, moe, mixtral)?))
+                }
+                _ => {
+                    let mut mlp = Mlp::load(src, &format!("{p}mlp."), inter, h)?;
+                    mlp.gelu = gemma;
+                    Ffn::Dense(mlp)
+                }
             };
             let opt_norm = |present: bool, n: &str, len: usize| -> Result<Option<Vec<f32>>> {
                 if present {
@@ -232,9 +319,7 @@ impl Model {
                 k_norm: opt_norm(c.qk_norm, "self_attn.k_norm", hd)?,
                 attn_post_norm,
                 ffn_norm,
-                gate_proj: mlp("gate_proj", inter, h)?,
-                up_proj: mlp("up_proj", inter, h)?,
-                down_proj: mlp("down_proj", h, inter)?,
+                ffn,
                 ffn_post_norm: opt_norm(gemma, "post_feedforward_layernorm", h)?,
             });
         }
@@ -354,15 +439,10 @@ impl Model {
             ops::add_inplace(&mut x, &o);
             drop(o);
             ops::rms_norm(&x, &l.ffn_norm, eps, &mut a);
-            let mut g = l.gate_proj.apply(li, "gate_proj", &a, n, hook, conv);
-            let u = l.up_proj.apply(li, "up_proj", &a, n, hook, conv);
-            if c.is_gemma() {
-                ops::gelu_tanh_mul(&mut g, &u);
-            } else {
-                ops::silu_mul(&mut g, &u);
-            }
-            drop(u);
-            let mut d = l.down_proj.apply(li, "down_proj", &g, n, hook, conv);
+            let mut d = match &l.ffn {
+                Ffn::Dense(mlp) => mlp.forward(li, &a, n, hook, conv),
+                Ffn::Moe(moe) => moe.forward(li, &a, n, h, hook, conv),
+            };
             if let Some(w) = &l.ffn_post_norm {
                 ops::rms_norm_inplace(&mut d, w, eps);
             }

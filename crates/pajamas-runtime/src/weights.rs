@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use pajamas_convert::names::{map_name, rope_permutation, Transform};
+use pajamas_convert::names::{map_expert, map_name, rope_permutation, Transform};
 use pajamas_gguf::GgufFile;
 use pajamas_model::HfModel;
 
@@ -123,6 +123,42 @@ impl GgufSource {
         )
     }
 
+    /// A per-expert HF matrix: its stacked GGUF tensor (`{in, out, n_expert}`) and index,
+    /// when the file has that expert.
+    fn locate_expert(&self, hf_name: &str) -> Option<(&pajamas_gguf::TensorInfo, usize)> {
+        let (gguf_name, e) = map_expert(hf_name)?;
+        let info = self.file.tensor(&gguf_name)?;
+        (info.dims.len() == 3 && e < info.dims[2]).then_some((info, e as usize))
+    }
+
+    /// Expert `e`'s matrix of stacked tensor `info`, dequantized: `[out, in]`.
+    fn read_expert(
+        &self,
+        info: &pajamas_gguf::TensorInfo,
+        e: usize,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (row, out, n) = (
+            info.dims[0] as usize,
+            info.dims[1] as usize,
+            info.dims[2] as usize,
+        );
+        let bytes = self
+            .file
+            .data_of(info)
+            .map_err(|err| self.tensor_error(&info.name, err))?;
+        let per = bytes.len() / n;
+        let data =
+            pajamas_quant::dequantize_rows(info.ggml_type, &bytes[e * per..(e + 1) * per], row)
+                .map_err(|err| self.tensor_error(&info.name, err))?;
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(self.tensor_error(
+                &info.name,
+                format!("expert {e}: value {i} is {} after dequantization", data[i]),
+            ));
+        }
+        Ok((vec![out, row], data))
+    }
+
     fn tensor_error(&self, name: &str, message: impl std::fmt::Display) -> RuntimeError {
         RuntimeError::Config(format!(
             "{}: tensor {name}: {message}",
@@ -137,11 +173,16 @@ impl WeightSource for GgufSource {
     }
 
     fn has_tensor(&self, name: &str) -> bool {
-        self.locate(name)
-            .is_some_and(|(g, _)| self.file.tensor(&g).is_some())
+        self.locate_expert(name).is_some()
+            || self
+                .locate(name)
+                .is_some_and(|(g, _)| self.file.tensor(&g).is_some())
     }
 
     fn read_tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        if let Some((info, e)) = self.locate_expert(name) {
+            return self.read_expert(info, e);
+        }
         let (gguf_name, transform) = self
             .locate(name)
             .ok_or_else(|| RuntimeError::MissingTensor(name.to_string()))?;
@@ -188,6 +229,9 @@ impl WeightSource for GgufSource {
     }
 
     fn stored_type(&self, name: &str) -> Option<pajamas_quant::GgmlType> {
+        if let Some((info, _)) = self.locate_expert(name) {
+            return Some(info.ggml_type);
+        }
         let (g, _) = self.locate(name)?;
         Some(self.file.tensor(&g)?.ggml_type)
     }
