@@ -66,3 +66,20 @@ fn tiny_gemma3_matches_transformers() {
     // Sliding window 8 over 3 layers (2 local, 1 global), two rope bases.
     check_family("tiny-gemma3");
 }
+
+#[test]
+fn tiny_qwen3_moe_matches_transformers() {
+    // 8 experts, top-2, renormalised routing weights.
+    check_family("tiny-qwen3_moe");
+}
+
+#[test]
+fn tiny_mixtral_matches_transformers() {
+    check_family("tiny-mixtral");
+}
+
+#[test]
+fn tiny_qwen2_moe_matches_transformers() {
+    // Softmax weights not renormalised, sigmoid-gated shared expert, q/k/v biases.
+    check_family("tiny-qwen2_moe");
+}
