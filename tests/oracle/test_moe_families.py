@@ -176,3 +176,54 @@ def test_imatrix_has_one_vector_per_expert_like_llama_imatrix(converted, family,
             else:
                 differ += 1
     assert differ <= same // 4, (same, differ)
+
+
+# ---------------------------------------------------------------- expert statistics
+
+def profile(*args):
+    return json.loads(run("profile", *map(str, args), "--json").stdout)
+
+
+def test_profile_counts_every_routed_token(tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text((REPO / "data" / "corpora" / "wiki_calib.txt").read_text()[:6000])
+    cfg = config("qwen3_moe")
+    r = profile("--model", fixture("qwen3_moe"), "--calibration", text, "--ctx", 128, "--min-tokens", 300)
+    p = r["profile"]
+    assert [l["layer"] for l in p["layers"]] == list(range(cfg["num_hidden_layers"]))
+    for l in p["layers"]:
+        assert l["n_experts"] == n_experts(cfg)
+        assert sum(x["tokens"] for x in l["experts"]) == l["tokens"] * cfg["num_experts_per_tok"]
+        assert sum(x["frequency"] for x in l["experts"]) == pytest.approx(1.0)
+        # norm_topk_prob: each token's weights sum to 1, so the masses add up to the tokens.
+        assert sum(x["weight_mass"] for x in l["experts"]) == pytest.approx(l["tokens"], rel=1e-4)
+        assert 0 < l["balance"] <= 1
+    flagged = {(l["layer"], x["expert"]) for l in p["layers"] for x in l["experts"] if x["tokens"] < 300}
+    assert {tuple(s) for s in p["starved"]} == flagged
+
+
+def test_balanced_calibration_reaches_every_expert(tmp_path):
+    """On the same token budget, plain text leaves experts below the threshold; the
+    balanced text (bundled passages that route to them, then the plain text) leaves none."""
+    text = tmp_path / "calib.txt"
+    text.write_text((REPO / "data" / "corpora" / "wiki_calib.txt").read_text()[:6000])
+    out = tmp_path / "balanced.txt"
+    r = profile("--model", fixture("qwen3_moe"), "--calibration", text, "--ctx", 128, "--min-tokens", 300,
+                "--balanced-output", out)
+    plain, balanced = r["profile"], r["balanced"]["profile"]
+    print("\nplain starved:", plain["starved"], "balanced:", balanced["starved"],
+          "passages added:", r["balanced"]["passages_added"])
+    assert plain["starved"], "the plain text should leave some expert short at this threshold"
+    assert balanced["starved"] == []
+    assert balanced["tokens"] == plain["tokens"]
+    assert out.is_file() and not list(tmp_path.glob("*.tmp-balanced"))
+    # The balanced file is plain text a user can pass to `imatrix`.
+    again = profile("--model", fixture("qwen3_moe"), "--calibration", out, "--ctx", 128, "--min-tokens", 300)
+    assert again["profile"]["starved"] == []
+
+
+def test_profile_of_a_dense_model_is_a_clear_error(tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text((REPO / "data" / "corpora" / "wiki_calib.txt").read_text()[:3000])
+    p = run("profile", "--model", FIXTURES / "tiny-llama", "--calibration", text, "--ctx", 64, check=False)
+    assert p.returncode != 0 and "dense model" in p.stderr, p.stderr

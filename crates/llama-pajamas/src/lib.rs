@@ -15,6 +15,7 @@ pub mod detect;
 pub mod eval;
 pub mod imatrix;
 pub mod manifest;
+pub mod profile;
 pub mod quality;
 pub mod quantize;
 pub mod report;

@@ -54,6 +54,43 @@ enum Command {
     /// Importance-matrix tools.
     #[command(subcommand)]
     Iq(IqCommand),
+    /// Expert statistics of an MoE model on calibration text (activation frequency and
+    /// routing weight per expert, starved experts flagged); --balanced-output writes
+    /// calibration text that reaches every expert.
+    Profile(ProfileCli),
+}
+
+#[derive(Args)]
+struct ProfileCli {
+    /// HF folder, hub id in the local cache, or GGUF file of an MoE model.
+    #[arg(long)]
+    model: String,
+    /// UTF-8 calibration text.
+    #[arg(long)]
+    calibration: PathBuf,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Use at most N chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Flag experts routed fewer tokens than this.
+    #[arg(long, default_value_t = 32)]
+    min_tokens: u64,
+    /// Write expert-balanced calibration text here: passages of the bundled corpora
+    /// that reach the starved experts first, then your text, same token budget.
+    #[arg(long)]
+    balanced_output: Option<PathBuf>,
+    /// Seed for the candidate passages.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -456,6 +493,27 @@ fn run_imatrix(a: ImatrixCli) -> Result<()> {
     Ok(())
 }
 
+fn run_profile(a: ProfileCli) -> Result<()> {
+    set_threads(a.threads)?;
+    let r = llama_pajamas::profile::profile_command(&llama_pajamas::profile::ProfileArgs {
+        model: a.model,
+        calibration: a.calibration,
+        ctx: a.ctx,
+        chunks: a.chunks,
+        min_tokens: a.min_tokens,
+        balanced_output: a.balanced_output,
+        seed: a.seed,
+        force: a.force,
+        progress: progress(a.json),
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", llama_pajamas::profile::render(&r));
+    }
+    Ok(())
+}
+
 fn run_calibration(a: CalibCli) -> Result<()> {
     let s = llama_pajamas::calibration::generate_command(&llama_pajamas::calibration::CalibArgs {
         output: a.output,
@@ -498,6 +556,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => run_eval(a)?,
         Command::Imatrix(a) => run_imatrix(a)?,
         Command::Iq(IqCommand::GenerateCalibration(a)) => run_calibration(a)?,
+        Command::Profile(a) => run_profile(a)?,
         Command::Inspect { file, json } => {
             let f = pajamas_gguf::GgufFile::open(&file)?;
             let report = pajamas_gguf::inspect::report(&f);

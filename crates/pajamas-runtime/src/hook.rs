@@ -29,6 +29,11 @@ impl LinearInput<'_> {
 /// that share an input (q/k/v, gate/up) are each reported, with the same data.
 pub trait LinearHook {
     fn before_linear(&mut self, input: &LinearInput<'_>);
+
+    /// Called once per MoE block and batch with the routing decision: `routes` holds
+    /// `top_k` `(expert, weight)` pairs per token, in token order (see
+    /// [`crate::moe::route`]). For expert statistics; ignored by default.
+    fn on_route(&mut self, _layer: usize, _n_experts: usize, _routes: &[crate::moe::Route]) {}
 }
 
 /// A hook that does nothing.

@@ -113,6 +113,7 @@ impl MoeWeights {
         let n_experts = self.experts.len();
         let logits = self.router.apply(layer, "router", a, n, hook, convert);
         let routes = route(&logits, n_experts, self.top_k, self.norm_topk_prob);
+        hook.on_route(layer, n_experts, &routes);
         // Each (token, slot) output, summed afterwards in slot order per token.
         let k = self.top_k;
         let mut slots = vec![0.0f32; n * k * hidden];
