@@ -52,32 +52,42 @@ def main():
     ap.add_argument("--calib-chunks", type=int, default=64)
     ap.add_argument("--eval-chunks", type=int, default=40)
     ap.add_argument("--bin", type=Path, default=REPO / "target" / "release" / "llama-pajamas-quant")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep imatrices and quantized files already in --work (re-evaluate only)")
     a = ap.parse_args()
     w, name, B = a.work, a.model.name, a.bin
     w.mkdir(parents=True, exist_ok=True)
     types = ["Q4_K_M", "Q3_K_M"]
-    sh(B, "quantize", "llm", "--model", a.model, "--gguf-precision", "F16", "--output", w / "f16", "--force")
     f16 = w / "f16" / "gguf" / "F16" / f"{name}-F16.gguf"
+    done = lambda p: a.reuse and Path(p).exists()  # noqa: E731
+    if not done(f16):
+        sh(B, "quantize", "llm", "--model", a.model, "--gguf-precision", "F16", "--output", w / "f16", "--force")
     ours_im = w / "ours.imatrix.gguf"
-    sh(B, "imatrix", "--model", f16, "--calibration", CALIB, "--output", ours_im, "--ctx", a.ctx,
-       "--chunks", a.calib_chunks, "--force")
+    if not done(ours_im):
+        sh(B, "imatrix", "--model", f16, "--calibration", CALIB, "--output", ours_im, "--ctx", a.ctx,
+           "--chunks", a.calib_chunks, "--force")
     theirs_im = w / "theirs.imatrix.gguf"
-    sh(a.tools / "llama-imatrix", "-m", f16, "-f", CALIB, "-o", theirs_im, "-c", a.ctx,
-       "--chunks", a.calib_chunks, "-t", 2)
+    if not done(theirs_im):
+        sh(a.tools / "llama-imatrix", "-m", f16, "-f", CALIB, "-o", theirs_im, "-c", a.ctx,
+           "--chunks", a.calib_chunks, "-t", 2)
     files = {}
-    sh(B, "quantize", "llm", "--model", a.model, "--gguf-precision", ",".join(types), "--output",
-       w / "ours-plain", "--force")
-    sh(B, "quantize", "llm", "--model", a.model, "--gguf-precision", ",".join(types), "--output",
-       w / "ours-imatrix", "--imatrix", ours_im, "--force")
+    if not done(w / "ours-plain" / "manifest.json"):
+        sh(B, "quantize", "llm", "--model", a.model, "--gguf-precision", ",".join(types), "--output",
+           w / "ours-plain", "--force")
+    if not done(w / "ours-imatrix" / "manifest.json"):
+        sh(B, "quantize", "llm", "--model", a.model, "--gguf-precision", ",".join(types), "--output",
+           w / "ours-imatrix", "--imatrix", ours_im, "--force")
     ftype_ids = {"Q4_K_M": "Q4_K_M", "Q3_K_M": "Q3_K_M"}
     for t in types:
         files[("ours", t, False)] = w / "ours-plain" / "gguf" / t / f"{name}-{t}.gguf"
         files[("ours", t, True)] = w / "ours-imatrix" / "gguf" / t / f"{name}-{t}.gguf"
         tp = w / f"llama-{t}.gguf"
-        sh(a.tools / "llama-quantize", f16, tp, ftype_ids[t])
+        if not done(tp):
+            sh(a.tools / "llama-quantize", f16, tp, ftype_ids[t])
         files[("llama.cpp", t, False)] = tp
         ti = w / f"llama-{t}-imatrix.gguf"
-        sh(a.tools / "llama-quantize", "--imatrix", theirs_im, f16, ti, ftype_ids[t])
+        if not done(ti):
+            sh(a.tools / "llama-quantize", "--imatrix", theirs_im, f16, ti, ftype_ids[t])
         files[("llama.cpp", t, True)] = ti
     base = w / "base.kld"
     sh(a.tools / "llama-perplexity", "-m", f16, "-f", EVAL, "--kl-divergence-base", base, "-c", a.ctx,
