@@ -227,3 +227,52 @@ def test_profile_of_a_dense_model_is_a_clear_error(tmp_path):
     text.write_text((REPO / "data" / "corpora" / "wiki_calib.txt").read_text()[:3000])
     p = run("profile", "--model", FIXTURES / "tiny-llama", "--calibration", text, "--ctx", 64, check=False)
     assert p.returncode != 0 and "dense model" in p.stderr, p.stderr
+
+
+# ---------------------------------------------------------------- MLX output
+
+def mlx_source(family, tmp_path):
+    """The fixture, with the transformers-4 spellings mlx-lm's qwen3_moe requires
+    (`num_experts`, `rope_theta`) so that mlx_lm.convert can read it too."""
+    import shutil
+    d = tmp_path / f"src-{family}"
+    shutil.copytree(fixture(family), d)
+    cfg = config(family)
+    if family == "qwen3_moe":
+        cfg.setdefault("num_experts", cfg["num_local_experts"])
+        cfg.setdefault("rope_theta", cfg["rope_parameters"]["rope_theta"])
+    (d / "config.json").write_text(json.dumps(cfg, indent=2))
+    return d
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mlx_same_bytes_as_mlx_lm_convert(family, tmp_path):
+    """Experts stacked into switch_mlp, the qwen3_moe router at 8 bits: byte for byte what
+    mlx_lm.convert writes."""
+    from mlx_lm.convert import convert
+    from test_mlx_load import assert_same_checkpoint
+    src = mlx_source(family, tmp_path)
+    r = json.loads(run("quantize", "llm", "--model", src, "--formats", "mlx", "--mlx-bits", 4,
+                       "--mlx-group-size", 32, "--mlx-uniform", "--output", tmp_path / "ours", "--json").stdout)
+    ours = tmp_path / "ours" / r["outputs"][0]["path"]
+    ref = tmp_path / "ref"
+    convert(str(src), str(ref), quantize=True, q_bits=4, q_group_size=32)
+    assert_same_checkpoint(ours, ref, recipe=False)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mlx_loads_and_matches_transformers(family, tmp_path):
+    """From the fixture as transformers 5 saved it: mlx_lm.load reads our 8-bit output
+    (qwen3_moe's renamed keys restored) and its logits follow transformers'."""
+    import mlx.core as mx
+    from mlx_lm import load
+    r = json.loads(run("quantize", "llm", "--model", fixture(family), "--formats", "mlx", "--mlx-bits", 8,
+                       "--mlx-group-size", 32, "--mlx-uniform", "--output", tmp_path, "--json").stdout)
+    model, _ = load(str(tmp_path / r["outputs"][0]["path"]))
+    ids = json.loads((fixture(family) / "reference_ids.json").read_text())
+    ref = np.load(fixture(family) / "reference_logits.npy")
+    got = np.array(model(mx.array([ids])).astype(mx.float32))[0]
+    argmax = float(np.mean(got.argmax(1) == ref.argmax(1)))
+    corr = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
+    print(f"\n{family} MLX 8-bit: argmax {argmax:.1%}, corr {corr:.5f}")
+    assert argmax >= 0.9 and corr > 0.99

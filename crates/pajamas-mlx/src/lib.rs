@@ -67,7 +67,7 @@ pub enum MlxError {
     },
     #[error("non-finite value {value} at element {index}")]
     NonFinite { index: usize, value: f32 },
-    #[error("writing MLX checkpoints of model_type '{0}' is not supported yet (supported: llama, mistral, qwen2, qwen3, gemma3_text, gemma3)")]
+    #[error("writing MLX checkpoints of model_type '{0}' is not supported yet (supported: llama, mistral, qwen2, qwen3, gemma3_text, gemma3, mixtral, qwen2_moe, qwen3_moe)")]
     UnsupportedModelType(String),
     #[error("tensor '{name}' is not a parameter of mlx-lm's {family} model; this checkpoint has a layout we do not convert to MLX yet")]
     UnknownTensor { name: String, family: &'static str },
@@ -75,6 +75,14 @@ pub enum MlxError {
     NotFloat { name: String, dtype: String },
     #[error("the config says the output head is not tied to the embedding, but the checkpoint has no lm_head.weight")]
     MissingOutputHead,
+    #[error("stacked expert parameter '{name}': expert {expert} is missing from the checkpoint")]
+    ExpertMissing { name: String, expert: usize },
+    #[error("expert tensor '{name}' has shape {shape:?}, the other experts {expected:?}")]
+    ExpertShape {
+        name: String,
+        shape: Vec<u64>,
+        expected: Vec<u64>,
+    },
     #[error("tensor '{0}' is not in the MLX plan")]
     NotPlanned(String),
     #[error("quantizing '{name}': {source}")]

@@ -36,6 +36,11 @@ pub enum MlxFamily {
     Gemma3Text,
     /// `mlx_lm.models.gemma3`: the multimodal wrapper, text model under `language_model.`.
     Gemma3,
+    /// MoE families: per-expert HF matrices are stacked into `switch_mlp.*` (`[E, out, in]`)
+    /// as their `sanitize` does.
+    Mixtral,
+    Qwen2Moe,
+    Qwen3Moe,
 }
 
 /// Model types we write MLX checkpoints for.
@@ -46,6 +51,9 @@ pub const MLX_MODEL_TYPES: &[&str] = &[
     "qwen3",
     "gemma3_text",
     "gemma3",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
 ];
 
 impl MlxFamily {
@@ -65,6 +73,9 @@ impl MlxFamily {
             "qwen3" => MlxFamily::Qwen3,
             "gemma3_text" => MlxFamily::Gemma3Text,
             "gemma3" => MlxFamily::Gemma3,
+            "mixtral" => MlxFamily::Mixtral,
+            "qwen2_moe" => MlxFamily::Qwen2Moe,
+            "qwen3_moe" => MlxFamily::Qwen3Moe,
             other => return Err(MlxError::UnsupportedModelType(other.to_string())),
         })
     }
@@ -77,6 +88,9 @@ impl MlxFamily {
             MlxFamily::Qwen3 => "qwen3",
             MlxFamily::Gemma3Text => "gemma3_text",
             MlxFamily::Gemma3 => "gemma3",
+            MlxFamily::Mixtral => "mixtral",
+            MlxFamily::Qwen2Moe => "qwen2_moe",
+            MlxFamily::Qwen3Moe => "qwen3_moe",
         }
     }
 
@@ -88,11 +102,27 @@ impl MlxFamily {
         }
     }
 
+    /// Mixture-of-experts families (stacked `switch_mlp` experts).
+    pub fn is_moe(self) -> bool {
+        matches!(
+            self,
+            MlxFamily::Mixtral | MlxFamily::Qwen2Moe | MlxFamily::Qwen3Moe
+        )
+    }
+
     /// Whether mlx-lm's class reads `tie_word_embeddings` from the config (llama and
     /// qwen2 default it to true when absent, qwen3 requires it; gemma3 decides from the
     /// presence of `lm_head.weight`).
     pub fn reads_tie_flag(self) -> bool {
-        matches!(self, MlxFamily::Llama | MlxFamily::Qwen2 | MlxFamily::Qwen3)
+        matches!(
+            self,
+            MlxFamily::Llama
+                | MlxFamily::Qwen2
+                | MlxFamily::Qwen3
+                | MlxFamily::Mixtral
+                | MlxFamily::Qwen2Moe
+                | MlxFamily::Qwen3Moe
+        )
     }
 }
 
@@ -101,6 +131,8 @@ impl MlxFamily {
 pub enum Mapped {
     /// Written under this mlx-lm parameter name.
     Keep(String),
+    /// Slice `expert` of the stacked parameter `name` (`...switch_mlp.gate_proj.weight`).
+    Expert { name: String, expert: usize },
     /// Not written, for this reason.
     Drop(&'static str),
 }
@@ -126,6 +158,19 @@ const LAYER_LEAVES: &[(&str, ModuleKind)] = &[
     ("mlp.gate_proj", ModuleKind::Linear),
     ("mlp.up_proj", ModuleKind::Linear),
     ("mlp.down_proj", ModuleKind::Linear),
+    // MoE: routers, stacked experts, Qwen2-MoE's shared expert and its gate.
+    ("mlp.gate", ModuleKind::Linear),
+    ("block_sparse_moe.gate", ModuleKind::Linear),
+    ("mlp.switch_mlp.gate_proj", ModuleKind::Linear),
+    ("mlp.switch_mlp.up_proj", ModuleKind::Linear),
+    ("mlp.switch_mlp.down_proj", ModuleKind::Linear),
+    ("block_sparse_moe.switch_mlp.gate_proj", ModuleKind::Linear),
+    ("block_sparse_moe.switch_mlp.up_proj", ModuleKind::Linear),
+    ("block_sparse_moe.switch_mlp.down_proj", ModuleKind::Linear),
+    ("mlp.shared_expert.gate_proj", ModuleKind::Linear),
+    ("mlp.shared_expert.up_proj", ModuleKind::Linear),
+    ("mlp.shared_expert.down_proj", ModuleKind::Linear),
+    ("mlp.shared_expert_gate", ModuleKind::Linear),
     ("input_layernorm", ModuleKind::Norm),
     ("post_attention_layernorm", ModuleKind::Norm),
     ("pre_feedforward_layernorm", ModuleKind::Norm),
@@ -165,6 +210,11 @@ pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxEr
     } else {
         hf.to_string()
     };
+    if family.is_moe() {
+        if let Some((name, expert)) = expert_slot(&text) {
+            return Ok(Mapped::Expert { name, expert });
+        }
+    }
     if text.ends_with(".rotary_emb.inv_freq") {
         return Ok(Mapped::Drop(
             "precomputed rope frequencies: not a parameter in mlx-lm (sanitize drops it)",
@@ -182,6 +232,34 @@ pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxEr
         });
     }
     Ok(Mapped::Keep(format!("{}{text}", family.prefix())))
+}
+
+/// A per-expert HF matrix (`model.layers.L.mlp.experts.E.up_proj.weight`, Mixtral's
+/// `block_sparse_moe.experts.E.w3.weight`): the stacked `switch_mlp` parameter and `E`.
+fn expert_slot(hf: &str) -> Option<(String, usize)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let (block, leaf) = if let Some(l) = leaf.strip_prefix("mlp.experts.") {
+        ("mlp", l)
+    } else {
+        (
+            "block_sparse_moe",
+            leaf.strip_prefix("block_sparse_moe.experts.")?,
+        )
+    };
+    let (expert, proj) = leaf.split_once('.')?;
+    let expert: usize = expert.parse().ok()?;
+    let proj = match proj {
+        "gate_proj.weight" | "w1.weight" => "gate_proj",
+        "up_proj.weight" | "w3.weight" => "up_proj",
+        "down_proj.weight" | "w2.weight" => "down_proj",
+        _ => return None,
+    };
+    Some((
+        format!("model.layers.{layer}.{block}.switch_mlp.{proj}.weight"),
+        expert,
+    ))
 }
 
 /// The kind of module an mlx-lm parameter name belongs to, `None` when the name is not
@@ -234,7 +312,41 @@ mod tests {
         match map_name(hf, f, tied).unwrap() {
             Mapped::Keep(n) => n,
             Mapped::Drop(why) => panic!("{hf} dropped: {why}"),
+            Mapped::Expert { name, expert } => panic!("{hf} is expert {expert} of {name}"),
         }
+    }
+
+    #[test]
+    fn experts_are_slices_of_switch_mlp() {
+        let e = |hf: &str, f| match map_name(hf, f, false).unwrap() {
+            Mapped::Expert { name, expert } => (name, expert),
+            other => panic!("{hf}: {other:?}"),
+        };
+        assert_eq!(
+            e(
+                "model.layers.2.mlp.experts.7.down_proj.weight",
+                MlxFamily::Qwen3Moe
+            ),
+            ("model.layers.2.mlp.switch_mlp.down_proj.weight".into(), 7)
+        );
+        assert_eq!(
+            e(
+                "model.layers.0.block_sparse_moe.experts.3.w3.weight",
+                MlxFamily::Mixtral
+            ),
+            (
+                "model.layers.0.block_sparse_moe.switch_mlp.up_proj.weight".into(),
+                3
+            )
+        );
+        assert_eq!(
+            keep(
+                "model.layers.1.mlp.shared_expert_gate.weight",
+                MlxFamily::Qwen2Moe,
+                false
+            ),
+            "model.layers.1.mlp.shared_expert_gate.weight"
+        );
     }
 
     #[test]
@@ -242,8 +354,9 @@ mod tests {
         let f = |mt: &str| MlxFamily::from_config(&serde_json::json!({ "model_type": mt }));
         assert_eq!(f("mistral").unwrap(), MlxFamily::Llama);
         assert_eq!(f("gemma3").unwrap(), MlxFamily::Gemma3);
+        assert_eq!(f("mixtral").unwrap(), MlxFamily::Mixtral);
         assert!(matches!(
-            f("mixtral"),
+            f("deepseek_v3"),
             Err(MlxError::UnsupportedModelType(_))
         ));
     }

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
 use pajamas_arch::ArchitectureInfo;
 use pajamas_model::Dtype;
@@ -190,6 +191,10 @@ pub struct PlannedTensor {
     /// `None`: kept in `dtype`.
     pub quant: Option<QuantSpec>,
     pub reason: String,
+    /// For a stacked expert parameter (`switch_mlp.*`, shape `[E, out, in]`): the HF
+    /// matrices it is made of, expert by expert (`source` is the first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
 }
 
 impl PlannedTensor {
@@ -256,6 +261,13 @@ pub struct DroppedTensor {
     pub reason: String,
 }
 
+/// Expert matrices held until their stack is complete: planned tensor index -> one slot
+/// per expert.
+type PendingExperts = HashMap<usize, Vec<Option<Vec<f32>>>>;
+
+/// A stacked parameter being gathered: (index in the plan, [(expert, HF name, shape)]).
+type Stack = (usize, Vec<(usize, String, Vec<u64>)>);
+
 /// The plan for one MLX checkpoint.
 #[derive(Debug, Clone, Serialize)]
 pub struct MlxPlan {
@@ -272,6 +284,9 @@ pub struct MlxPlan {
     pub dropped: Vec<DroppedTensor>,
     #[serde(skip)]
     by_source: HashMap<String, usize>,
+    /// Expert matrices read so far of stacked parameters not yet complete.
+    #[serde(skip)]
+    pending: Arc<Mutex<PendingExperts>>,
 }
 
 /// The model dtype mlx-lm's convert casts to: `torch_dtype`, else `dtype`
@@ -326,9 +341,25 @@ pub fn plan_mlx(
 
     let mut planned = Vec::new();
     let mut dropped = Vec::new();
+    // Stacked expert parameters: name -> (index in `planned`, [(expert, source, shape)]).
+    let mut stacks: HashMap<String, Stack> = HashMap::new();
     for t in tensors {
         let name = match map_name(&t.name, family, tied)? {
             Mapped::Keep(n) => n,
+            Mapped::Expert { name, expert } => {
+                if let Some((_, parts)) = stacks.get_mut(&name) {
+                    parts.push((expert, t.name.clone(), t.shape.clone()));
+                    continue;
+                }
+                stacks.insert(
+                    name.clone(),
+                    (
+                        planned.len(),
+                        vec![(expert, t.name.clone(), t.shape.clone())],
+                    ),
+                );
+                name
+            }
             Mapped::Drop(why) => {
                 dropped.push(DroppedTensor {
                     source: t.name.clone(),
@@ -359,6 +390,7 @@ pub fn plan_mlx(
             dtype: out_dtype,
             quant: None,
             reason: String::new(),
+            parts: Vec::new(),
         });
         let p = planned.last_mut().expect("just pushed");
         if !is_weight {
@@ -383,11 +415,40 @@ pub fn plan_mlx(
         }
     }
 
+    for (name, (i, mut parts)) in stacks {
+        parts.sort_by_key(|(e, _, _)| *e);
+        if let Some(pos) = parts.iter().enumerate().position(|(k, (e, _, _))| *e != k) {
+            return Err(MlxError::ExpertMissing { name, expert: pos });
+        }
+        if let Some((_, src, shape)) = parts.iter().find(|(_, _, s)| *s != parts[0].2) {
+            return Err(MlxError::ExpertShape {
+                name: src.clone(),
+                shape: shape.clone(),
+                expected: parts[0].2.clone(),
+            });
+        }
+        let p = &mut planned[i];
+        p.shape = std::iter::once(parts.len() as u64)
+            .chain(parts[0].2.iter().copied())
+            .collect();
+        p.source = parts[0].1.clone();
+        p.parts = parts.into_iter().map(|(_, s, _)| s).collect();
+    }
+
     match choice {
         MlxChoice::Uniform { bits, .. } => {
             for p in planned.iter_mut().filter(|p| p.quant.is_some()) {
                 p.quant = Some(QuantSpec { bits, group_size });
                 p.reason = format!("uniform {bits}-bit");
+                // Qwen3-MoE's model class keeps its routers at 8 bits, group 64.
+                if family == MlxFamily::Qwen3Moe && p.module.ends_with("mlp.gate") {
+                    p.quant = Some(QuantSpec {
+                        bits: 8,
+                        group_size: 64,
+                    });
+                    p.reason =
+                        "router: 8-bit, group 64 (mlx-lm's qwen3_moe quant_predicate)".into();
+                }
             }
         }
         MlxChoice::Recipe { recipe, .. } => {
@@ -401,7 +462,11 @@ pub fn plan_mlx(
     let by_source = planned
         .iter()
         .enumerate()
-        .map(|(i, p)| (p.source.clone(), i))
+        .flat_map(|(i, p)| {
+            let mut names = vec![p.source.clone()];
+            names.extend(p.parts.iter().cloned());
+            names.into_iter().map(move |n| (n, i))
+        })
         .collect();
     Ok(MlxPlan {
         choice,
@@ -413,6 +478,7 @@ pub fn plan_mlx(
         tensors: planned,
         dropped,
         by_source,
+        pending: Arc::default(),
     })
 }
 
@@ -510,6 +576,30 @@ fn apply_aware(
             String::new()
         };
         let (tier, cand) = match (p.kind, leaf(p).as_str()) {
+            (ModuleKind::Linear, "shared_expert_gate") => (
+                0,
+                c(
+                    8,
+                    high,
+                    "shared expert gate: scales the shared expert's output for every token".into(),
+                ),
+            ),
+            (ModuleKind::Linear, "gate") => (
+                0,
+                c(
+                    8,
+                    high,
+                    "router: picks the experts of every token; a flipped choice changes the whole FFN output".into(),
+                ),
+            ),
+            (ModuleKind::Linear, _) if p.module.contains(".shared_expert.") => (
+                1,
+                c(
+                    high,
+                    mid,
+                    "shared expert: runs for every token, unlike the routed experts".into(),
+                ),
+            ),
             (ModuleKind::Linear, "lm_head") => (
                 0,
                 c(high, mid, "output head: decides every logit, the most sensitive matrix".into()),
@@ -669,13 +759,33 @@ impl MlxPlan {
             }
             return Err(MlxError::NotPlanned(source.to_string()));
         };
-        if data.len() as u64 != p.elements() {
+        let per_part = p.elements() / p.parts.len().max(1) as u64;
+        if data.len() as u64 != per_part {
             return Err(MlxError::LengthMismatch {
                 what: "tensor data",
-                expected: p.elements() as usize,
+                expected: per_part as usize,
                 got: data.len(),
             });
         }
+        let stacked;
+        let data = if p.parts.is_empty() {
+            data
+        } else {
+            // Hold each expert until the last one of the stack arrives.
+            let index = self.by_source[source];
+            let slot = p.parts.iter().position(|s| s == source).expect("a part");
+            let mut pending = self.pending.lock().expect("not poisoned");
+            let parts = pending
+                .entry(index)
+                .or_insert_with(|| vec![None; p.parts.len()]);
+            parts[slot] = Some(data.to_vec());
+            if parts.iter().any(Option::is_none) {
+                return Ok(Vec::new());
+            }
+            let parts = pending.remove(&index).expect("present");
+            stacked = parts.into_iter().flatten().flatten().collect::<Vec<f32>>();
+            &stacked[..]
+        };
         match p.quant {
             None => Ok(vec![(p.name.clone(), p.dtype.encode(data))]),
             Some(q) => {
@@ -709,10 +819,17 @@ impl MlxPlan {
                     q.insert(m.module.clone(), Value::Bool(false));
                 }
                 Some(s) if list_all || s.bits != self.bits || s.group_size != self.group_size => {
-                    q.insert(
-                        m.module.clone(),
-                        json!({"group_size": s.group_size, "bits": s.bits, "mode": "affine"}),
-                    );
+                    // mlx-lm records a model class's own predicate (qwen3_moe's routers)
+                    // as the predicate returns it, without `mode`.
+                    let entry = if matches!(self.choice, MlxChoice::Uniform { .. })
+                        && self.family == MlxFamily::Qwen3Moe
+                        && m.module.ends_with("mlp.gate")
+                    {
+                        json!({"group_size": s.group_size, "bits": s.bits})
+                    } else {
+                        json!({"group_size": s.group_size, "bits": s.bits, "mode": "affine"})
+                    };
+                    q.insert(m.module.clone(), entry);
                 }
                 Some(_) => {}
             }
@@ -736,6 +853,21 @@ impl MlxPlan {
                 "tie_word_embeddings".into(),
                 json!(self.tie_word_embeddings),
             );
+        }
+        // mlx-lm's qwen3_moe requires the transformers 4 spellings that transformers 5
+        // renamed: `num_experts` (now `num_local_experts`) and `rope_theta` (now inside
+        // `rope_parameters`).
+        if self.family == MlxFamily::Qwen3Moe {
+            if !c.contains_key("num_experts") {
+                if let Some(n) = c.get("num_local_experts").cloned() {
+                    c.insert("num_experts".into(), n);
+                }
+            }
+            if !c.contains_key("rope_theta") {
+                if let Some(t) = c.get("rope_parameters").and_then(|r| r.get("rope_theta")) {
+                    c.insert("rope_theta".into(), t.clone());
+                }
+            }
         }
         let q = self.quantization_block();
         c.insert("quantization".into(), q.clone());
