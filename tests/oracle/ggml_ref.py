@@ -26,6 +26,12 @@ TYPE_IDS = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8,
     "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30,
 }
+# The i-quants, by id (tests/oracle/test_iquants.py passes these ints: the smoke check
+# below runs every TYPE_IDS entry without an imatrix, which some of these refuse).
+IQ_TYPE_IDS = {
+    "IQ2_XXS": 16, "IQ2_XS": 17, "IQ3_XXS": 18, "IQ1_S": 19, "IQ4_NL": 20, "IQ3_S": 21,
+    "IQ2_S": 22, "IQ4_XS": 23, "IQ1_M": 29,
+}
 
 
 class _TypeTraits(ctypes.Structure):
@@ -76,7 +82,13 @@ class GgmlRef:
         lib.ggml_row_size.restype = ctypes.c_size_t
         lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
         lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+        lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+        lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
         self._lib = lib
+
+    def requires_imatrix(self, ty: str | int) -> bool:
+        """ggml_quantize_requires_imatrix: ggml aborts (GGML_ASSERT) on such a type without one."""
+        return bool(self._lib.ggml_quantize_requires_imatrix(_type_id(ty)))
 
     def row_size(self, ty: str | int, n_per_row: int) -> int:
         return int(self._lib.ggml_row_size(_type_id(ty), n_per_row))
@@ -98,6 +110,8 @@ class GgmlRef:
             if importance.shape != (n,):
                 raise ValueError(f"importance must have shape ({n},), got {importance.shape}")
             imp = _ptr(importance)
+        elif self.requires_imatrix(ty):
+            raise ValueError(f"ggml needs an imatrix for {ty} (it would abort the process)")
         written = self._lib.ggml_quantize_chunk(_type_id(ty), _ptr(rows), _ptr(out), 0, n_rows, n, imp)
         if written != out.size:
             raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.size}")

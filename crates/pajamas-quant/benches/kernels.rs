@@ -13,12 +13,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pajamas_quant::{quantize_row, GgmlType};
+use pajamas_quant::{quantize_row, requires_imatrix, GgmlType};
 
 const ROWS: usize = 16;
 const COLS: usize = 4096;
 
-const TYPES: [GgmlType; 13] = [
+const TYPES: [GgmlType; 22] = [
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q8_0,
@@ -32,6 +32,15 @@ const TYPES: [GgmlType; 13] = [
     GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::F32,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ1_M,
+    GgmlType::IQ1_S,
 ];
 
 /// `size_t ggml_quantize_chunk(enum ggml_type, const float *src, void *dst, int64_t start,
@@ -153,7 +162,10 @@ fn bench_kernels(c: &mut Criterion) {
             .sample_size(10)
             .warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_secs(1));
-        let weightings: &[(&str, Option<&[f32]>)] = if ty.is_quantized() {
+        // IQ2_XXS, IQ2_XS, IQ1_S only run with an imatrix (ggml aborts without one).
+        let weightings: &[(&str, Option<&[f32]>)] = if requires_imatrix(ty) {
+            &[("imatrix", Some(&imp))]
+        } else if ty.is_quantized() {
             &[("plain", None), ("imatrix", Some(&imp))]
         } else {
             &[("plain", None)]

@@ -43,6 +43,12 @@ const TIE: f64 = 4e-7;
 /// and the fixed summation order keeps the results deterministic.
 pub(crate) const LANES: usize = 8;
 
+/// `v > 0`, false for NaN: a guard for sums that must be strictly positive.
+#[inline(always)]
+pub(crate) fn positive<T: PartialOrd + Default>(v: T) -> bool {
+    v > T::default()
+}
+
 /// Rounds to the nearest integer, ties to even; valid for |v| < 2²².
 #[inline(always)]
 pub(crate) fn round_int(v: f32) -> f32 {

@@ -164,7 +164,7 @@ impl Mlp {
 /// A layer's feed-forward block.
 #[derive(Debug, Clone)]
 pub enum Ffn {
-    Dense(Mlp),
+    Dense(Box<Mlp>),
     Moe(Box<MoeWeights>),
 }
 
@@ -288,7 +288,7 @@ impl Model {
                 _ => {
                     let mut mlp = Mlp::load(src, &format!("{p}mlp."), inter, h)?;
                     mlp.gelu = gemma;
-                    Ffn::Dense(mlp)
+                    Ffn::Dense(Box::new(mlp))
                 }
             };
             let opt_norm = |present: bool, n: &str, len: usize| -> Result<Option<Vec<f32>>> {
