@@ -198,3 +198,31 @@ def test_ratio_table():
         lines.append(f"{ty:8s} " + "  ".join(cells))
     print("\nRMSE ratio ours/ggml (1.0 = equal)\n" + "\n".join(lines))
     assert not worst, f"ratios above 1: {worst}"
+
+
+@pytest.mark.parametrize("ty", ["IQ4_XS", "IQ3_S", "IQ4_NL"])
+def test_runtime_scores_llama_cpp_iquant_files_like_llama_perplexity(ty, tmp_path):
+    """A llama.cpp i-quant GGUF (llama-quantize from our F16 demo) read by our runtime
+    (our dequantization, llama.cpp's activation rounding for the type) gives
+    llama-perplexity's perplexity."""
+    import re
+    from conftest import run as run_bin
+    tools = os.environ.get("LLAMA_TOOLS_DIR")
+    if not tools:
+        pytest.skip("LLAMA_TOOLS_DIR is not set (scripts/test.sh builds llama-quantize)")
+    run_bin("quantize", "llm", "--model", REPO / "models" / "demo", "--gguf-precision", "F16",
+            "--output", tmp_path)
+    f16 = tmp_path / "gguf" / "F16" / "demo-F16.gguf"
+    q = tmp_path / f"demo-{ty}.gguf"
+    subprocess.run([f"{tools}/llama-quantize", str(f16), str(q), ty], check=True, capture_output=True)
+    text = REPO / "data" / "corpora" / "wiki_eval_small.txt"
+    out = subprocess.run([f"{tools}/llama-perplexity", "-m", str(q), "-f", str(text), "-c", "256",
+                          "--chunks", "3", "-t", "2", "-fa", "off"], capture_output=True, text=True)
+    # Running estimates `[k]ppl,`: take the last one and score the same k chunks.
+    found = re.findall(r"\[(\d+)\]([0-9.]+)", out.stdout + out.stderr)
+    assert found, (out.returncode, out.stdout[-1500:], out.stderr[-1500:])
+    k, theirs = int(found[-1][0]), float(found[-1][1])
+    ours = float(re.search(r"perplexity: ([0-9.]+)", run_bin(
+        "eval", "--model", q, "--text", text, "--ctx", 256, "--chunks", k).stdout).group(1))
+    print(f"\n{ty}: ours {ours:.4f}, llama-perplexity {theirs:.4f}")
+    assert ours == pytest.approx(theirs, rel=0.005)
