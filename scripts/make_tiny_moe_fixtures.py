@@ -31,7 +31,11 @@ tiny sizes, random weights with fixed seeds:
   tiny-gpt_oss          GptOssForCausalLM: 4 experts top-2 with biases, fused and interleaved
                         gate_up_proj, swiglu clamp 7, attention sinks, q/k/v/o biases,
                         sliding (window 8) then full attention, YaRN rope as in the real
-                        config, untied; weights in float32, not MXFP4
+                        config, untied; weights in float32
+  tiny-gpt_oss-mxfp4    the same model with its experts as the published checkpoint stores
+                        them: *_blocks / *_scales (MXFP4: FP4 E2M1 codes, E8M0 scales per 32
+                        values) and the mxfp4 quantization_config; the reference logits are
+                        those of the MXFP4-rounded experts
   tiny-nemotron_h       NemotronHForCausalLM: pattern "ME*E" (Mamba-2, MoE, attention, MoE),
                         Mamba-2 with 4 heads of 32, state 16, 2 groups (grouped gated norm),
                         8 relu^2 experts top-2 + 1 shared expert, sigmoid router with
@@ -55,6 +59,7 @@ back and the folder is checked to reload to bit-identical logits:
                     [0.0, {"__float__": "Infinity"}], absent from the real configs)
   nemotron_h:       hybrid_override_pattern "ME*E" instead of layers_block_type, no
                     mtp_layers_block_type, no time_step_limit
+  qwen3_moe:        num_experts (transformers 5 writes num_local_experts)
 
 Weights (see init_weights): as in make_tiny_fixtures.py, N(0, gain^2/fan_in) matrices,
 norms around 1, biases N(0, 0.5^2), embeddings N(0, 0.4^2); in addition routers with gain
@@ -127,6 +132,19 @@ GRANITE = dict(
 )
 
 
+def gpt_oss_config():
+    return GptOssConfig(
+        vocab_size=VOCAB, **ATTN, head_dim=32, eos_token_id=0, pad_token_id=0,
+            num_hidden_layers=2, intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
+            layer_types=["sliding_attention", "full_attention"], sliding_window=8,
+            max_position_embeddings=131072,
+            rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=32.0,
+                                 original_max_position_embeddings=4096, beta_fast=32.0,
+                                 beta_slow=1.0, truncate=False),
+            swiglu_limit=7.0, attention_bias=True, rms_norm_eps=1e-5, router_aux_loss_coef=0.9,
+            tie_word_embeddings=False)
+
+
 def configs():
     """family -> (config, seed, options)."""
     return {
@@ -169,16 +187,8 @@ def configs():
             scoring_func="sigmoid", topk_method="noaux_tc",  # as in the real config
             num_mtp_layers=0,  # no multi-token-prediction layer weights in the fixture
             attention_bias=False, tie_word_embeddings=False), 15, {}),
-        "gpt_oss": (GptOssConfig(
-            vocab_size=VOCAB, **ATTN, head_dim=32, eos_token_id=0, pad_token_id=0,
-            num_hidden_layers=2, intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
-            layer_types=["sliding_attention", "full_attention"], sliding_window=8,
-            max_position_embeddings=131072,
-            rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=32.0,
-                                 original_max_position_embeddings=4096, beta_fast=32.0,
-                                 beta_slow=1.0, truncate=False),
-            swiglu_limit=7.0, attention_bias=True, rms_norm_eps=1e-5, router_aux_loss_coef=0.9,
-            tie_word_embeddings=False), 16, dict(experts_in_out=True, gate_up_gain=2.5)),
+        "gpt_oss": (gpt_oss_config(), 16, dict(experts_in_out=True, gate_up_gain=2.5)),
+        "gpt_oss-mxfp4": (gpt_oss_config(), 16, dict(experts_in_out=True, gate_up_gain=2.5, mxfp4=True)),
         "nemotron_h": (NemotronHConfig(
             vocab_size=VOCAB, hidden_size=64, hybrid_override_pattern="ME*E",
             num_attention_heads=4, num_key_value_heads=2, head_dim=32, attention_dropout=0.0,
@@ -197,7 +207,10 @@ def configs():
 def fix_config_json(family: str, path: Path):
     """Put back the spelling real checkpoints use where transformers 5 rewrites it."""
     cfg = json.loads(path.read_text())
-    if family.startswith("granitemoehybrid"):
+    if family == "qwen3_moe":
+        # transformers 5 writes the expert count as num_local_experts; Qwen's configs say num_experts
+        cfg["num_experts"] = cfg.pop("num_local_experts")
+    elif family.startswith("granitemoehybrid"):
         names = {"linear_attention": "mamba", "full_attention": "attention"}
         cfg["layer_types"] = [names.get(t, t) for t in cfg["layer_types"]]
         assert cfg["layer_types"] == GRANITE_LAYERS, cfg["layer_types"]
@@ -331,6 +344,93 @@ def routing_stats(model, ids):
 MIN_PICKS = 2  # every expert of every layer is picked at least this often by the reference ids
 
 
+FP4 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+
+
+def mxfp4_pack(w: torch.Tensor):
+    """OCP MXFP4 of w [E, rows, cols] along cols: blocks of 32 values share an E8M0 scale
+    2^(floor(log2(amax)) - 2) (stored + 127), each value the nearest FP4 (E2M1) code.
+    Returns (blocks uint8 [E, rows, cols/32, 16], low nibble first; scales uint8
+    [E, rows, cols/32]; the dequantized values as float32 [E, rows, cols]), the layout
+    of gpt-oss's *_blocks / *_scales tensors."""
+    e, rows, cols = w.shape
+    x = w.reshape(e, rows, cols // 32, 32)
+    amax = x.abs().amax(-1, keepdim=True).clamp_min(2.0 ** -100)
+    exp = torch.floor(torch.log2(amax)) - 2
+    q = x / torch.exp2(exp)
+    mag = (q.abs().unsqueeze(-1) - FP4[:8]).abs().argmin(-1)  # nearest of 0, 0.5, ..., 6
+    code = torch.where(q < 0, mag + 8, mag).to(torch.uint8)
+    deq = FP4[code.long()] * torch.exp2(exp)
+    blocks = (code[..., 0::2] | (code[..., 1::2] << 4)).to(torch.uint8)
+    scales = (exp.squeeze(-1) + 127).to(torch.uint8)
+    return blocks, scales, deq.reshape(e, rows, cols)
+
+
+def quantize_experts_mxfp4(model):
+    """Replace GPT-OSS expert matrices by their MXFP4 round trip; return the packed tensors
+    under their checkpoint names."""
+    packed = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                # parameters are [E, in, out]; MXFP4 blocks run along `in` of [E, out, in]
+                blocks, scales, deq = mxfp4_pack(p.transpose(1, 2).contiguous())
+                # transformers' own MXFP4 decoder must give back the same values
+                from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+                theirs = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
+                assert torch.equal(theirs, deq.transpose(1, 2)), name
+                p.copy_(deq.transpose(1, 2))
+                packed[name + "_blocks"] = blocks
+                packed[name + "_scales"] = scales
+    return packed
+
+
+def write_mxfp4_checkpoint(out: Path, packed: dict):
+    """Rewrite model.safetensors with the experts as *_blocks / *_scales (uint8) and add
+    the quantization_config of the published gpt-oss checkpoints to config.json."""
+    from safetensors.torch import save_file
+    path = out / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for k in list(tensors):
+        if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            del tensors[k]
+    tensors.update(packed)
+    save_file(dict(sorted(tensors.items())), str(path), metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["quantization_config"] = {
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                   "model.embed_tokens", "lm_head"],
+        "quant_method": "mxfp4",
+    }
+    (out / "config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=2) + "\n")
+
+
+def load_mxfp4_fixture(out: Path):
+    """Reload check for the MXFP4 folder without `accelerate` (which transformers' MXFP4
+    loader requires and the venv lacks): the model from config.json minus its
+    quantization_config, the experts decoded by transformers' convert_moe_packed_tensors."""
+    from transformers import AutoConfig
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.pop("quantization_config")
+    config = AutoConfig.for_model(**cfg)
+    config._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    state = {}
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        for k in f.keys():
+            if k.endswith("_blocks"):
+                base = k[: -len("_blocks")]
+                state[base] = convert_moe_packed_tensors(
+                    f.get_tensor(k), f.get_tensor(base + "_scales"), dtype=torch.float32)
+            elif not k.endswith("_scales"):
+                state[k] = f.get_tensor(k)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"} - set(state), (missing, unexpected)
+    return model
+
+
 def build(family: str, config, seed: int, opts: dict, ids):
     out = OUT / f"tiny-{family}"
     if out.exists():
@@ -356,9 +456,12 @@ def build(family: str, config, seed: int, opts: dict, ids):
     else:
         raise SystemExit(f"{family}: no router draw uses every expert")
 
+    packed = quantize_experts_mxfp4(model) if opts.get("mxfp4") else None
     ref = logits_of(model, ids)
     model.save_pretrained(out, safe_serialization=True)
     fix_config_json(family, out / "config.json")
+    if packed:
+        write_mxfp4_checkpoint(out, packed)
     for f in TOKENIZER_FILES:
         shutil.copyfile(DEMO / f, out / f)
     (out / "reference_ids.json").write_text(json.dumps(ids) + "\n")
@@ -368,9 +471,12 @@ def build(family: str, config, seed: int, opts: dict, ids):
         names = list(f.keys())
         dtypes = {str(f.get_slice(k).get_dtype()) for k in names}
         n_params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in names)
-    assert dtypes == {"F32"}, dtypes
+    assert dtypes == ({"F32", "U8"} if packed else {"F32"}), dtypes
     assert ("lm_head.weight" in names) == (not config.tie_word_embeddings), names
-    again = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+    if packed:
+        again = load_mxfp4_fixture(out)
+    else:
+        again = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
     np.testing.assert_array_equal(logits_of(again, ids), ref)
     assert np.isfinite(ref).all()
 

@@ -239,7 +239,8 @@ def mlx_source(family, tmp_path):
     shutil.copytree(fixture(family), d)
     cfg = config(family)
     if family == "qwen3_moe":
-        cfg.setdefault("num_experts", cfg["num_local_experts"])
+        if "num_experts" not in cfg:
+            cfg["num_experts"] = cfg["num_local_experts"]
         cfg.setdefault("rope_theta", cfg["rope_parameters"]["rope_theta"])
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     return d
@@ -262,13 +263,23 @@ def test_mlx_same_bytes_as_mlx_lm_convert(family, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_mlx_loads_and_matches_transformers(family, tmp_path):
-    """From the fixture as transformers 5 saved it: mlx_lm.load reads our 8-bit output
-    (qwen3_moe's renamed keys restored) and its logits follow transformers'."""
+    """mlx_lm.load reads our 8-bit output and its logits follow transformers'. Qwen3-MoE
+    is given in transformers 5's spelling (`num_local_experts`, rope inside
+    `rope_parameters`), which mlx-lm cannot read: our config.json restores the keys."""
+    import shutil
     import mlx.core as mx
     from mlx_lm import load
-    r = json.loads(run("quantize", "llm", "--model", fixture(family), "--formats", "mlx", "--mlx-bits", 8,
-                       "--mlx-group-size", 32, "--mlx-uniform", "--output", tmp_path, "--json").stdout)
-    model, _ = load(str(tmp_path / r["outputs"][0]["path"]))
+    src = fixture(family)
+    if family == "qwen3_moe":
+        src = tmp_path / "src"
+        shutil.copytree(fixture(family), src)
+        cfg = config(family)
+        cfg["num_local_experts"] = cfg.pop("num_experts", None) or cfg["num_local_experts"]
+        cfg.pop("rope_theta", None)
+        (src / "config.json").write_text(json.dumps(cfg, indent=2))
+    r = json.loads(run("quantize", "llm", "--model", src, "--formats", "mlx", "--mlx-bits", 8,
+                       "--mlx-group-size", 32, "--mlx-uniform", "--output", tmp_path / "out", "--json").stdout)
+    model, _ = load(str(tmp_path / "out" / r["outputs"][0]["path"]))
     ids = json.loads((fixture(family) / "reference_ids.json").read_text())
     ref = np.load(fixture(family) / "reference_logits.npy")
     got = np.array(model(mx.array([ids])).astype(mx.float32))[0]
