@@ -63,8 +63,10 @@ def score(folder: Path, reference: Path) -> dict:
             "scored": r["scored_tokens"]}
 
 
-@pytest.fixture(scope="module", params=["smollm2", "demo"])
+@pytest.fixture(scope="module")
 def measured(request, tmp_path_factory):
+    """Quantizes and scores `request.param` (tests choose the model with an indirect
+    parametrize); cached per model for the module."""
     name = request.param
     src = source(name)
     tmp = tmp_path_factory.mktemp(f"mlxq-{name}")
@@ -89,10 +91,11 @@ def measured(request, tmp_path_factory):
     return name, files, rows
 
 
+# The mlx_lm.convert comparison is on SmolLM2 (the demo's bytes are compared in
+# test_mlx_load).
+@pytest.mark.parametrize("measured", ["smollm2"], indirect=True)
 def test_uniform_4bit_equals_mlx_lm_convert(measured):
     name, files, rows = measured
-    if name != "smollm2":
-        pytest.skip("the mlx_lm.convert comparison is on SmolLM2 (the demo's is in test_mlx_load)")
     assert_same_checkpoint(files["ours 4-bit g64"], files["mlx_lm.convert 4-bit g64"], recipe=False)
     a, b = rows["ours 4-bit g64"], rows["mlx_lm.convert 4-bit g64"]
     assert a["ppl"] == pytest.approx(b["ppl"], rel=0.01)
@@ -100,6 +103,7 @@ def test_uniform_4bit_equals_mlx_lm_convert(measured):
     assert a["bpw"] == pytest.approx(b["bpw"], rel=1e-9)
 
 
+@pytest.mark.parametrize("measured", ["smollm2", "demo"], indirect=True)
 def test_architecture_aware_beats_uniform_within_budget(measured):
     name, _, rows = measured
     u, a = rows["ours 4-bit g64"], rows["ours architecture-aware (base 4-bit)"]
