@@ -31,13 +31,8 @@ pub fn load_model(input: &str) -> Result<LoadedModel> {
     let loc = locate(input, &CacheEnv::from_process())?;
     let (path, model, tokenizer) = match loc {
         ModelLocation::HfFolder(dir) => {
-            // An MLX checkpoint is an HF-style folder with a `quantization` block.
-            let model = if pajamas_runtime::mlx_source::is_mlx_dir(&dir) {
-                Model::from_mlx_dir(&dir)
-            } else {
-                Model::from_hf_dir(&dir)
-            }
-            .with_context(|| dir.display().to_string())?;
+            // `Model::open` tells an MLX checkpoint (a `quantization` block) from an HF one.
+            let model = Model::open(&dir).with_context(|| dir.display().to_string())?;
             let tok = Tokenizer::from_hf_dir(&dir)
                 .with_context(|| format!("{}: reading the tokenizer", dir.display()))?;
             (dir, model, tok)
