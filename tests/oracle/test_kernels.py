@@ -140,11 +140,14 @@ def workdir() -> Path:
     return _workdir
 
 
-def ours_quantize(x: np.ndarray, ty: str, imp: np.ndarray | None, tag: str) -> bytes:
+def ours_quantize(x: np.ndarray, ty: str, imp: np.ndarray | None, tag: str,
+                  objective: str | None = None) -> bytes:
     d = workdir()
-    src, out = d / f"{tag}.f32", d / f"{tag}.{ty}.bin"
+    src, out = d / f"{tag}.f32", d / f"{tag}.{ty}.{objective or 'default'}.bin"
     x.astype("<f4").tofile(src)
     args = ["quantize", "--type", ty, "--cols", x.shape[1], "--input", src, "--output", out]
+    if objective:
+        args += ["--objective", objective]
     if imp is not None:
         ip = d / f"{tag}.imp.f32"
         imp.astype("<f4").tofile(ip)

@@ -51,7 +51,7 @@ enum Command {
     Eval(EvalCli),
     /// Compute an importance matrix (llama.cpp's GGUF imatrix format) from calibration text.
     Imatrix(ImatrixCli),
-    /// Importance-matrix tools.
+    /// Importance-matrix flows: calibration text, i-quant files.
     #[command(subcommand)]
     Iq(IqCommand),
     /// Expert statistics of an MoE model on calibration text (activation frequency and
@@ -157,6 +157,59 @@ struct ImatrixCli {
 enum IqCommand {
     /// Write calibration text from the bundled corpora (and your own text).
     GenerateCalibration(CalibCli),
+    /// I-quant GGUF files (IQ4_XS down to IQ1_S) driven by an importance matrix, from an
+    /// HF checkpoint (best) or a GGUF (requantized, with a warning).
+    Quantize(IqQuantizeCli),
+}
+
+#[derive(Args)]
+struct IqQuantizeCli {
+    /// HF folder, hub id in the local cache, or GGUF file to requantize.
+    #[arg(long)]
+    model: String,
+    /// Calibration text: the imatrix is computed with our runtime and cached in
+    /// OUTPUT/imatrix/ (see `iq generate-calibration`).
+    #[arg(long, conflicts_with = "imatrix")]
+    calibration: Option<PathBuf>,
+    /// An existing importance matrix (ours or llama-imatrix's, GGUF or legacy .dat).
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    /// File types, comma-separated: IQ4_NL, IQ4_XS, IQ3_M, IQ3_S, IQ3_XS, IQ3_XXS, IQ2_M,
+    /// IQ2_S, IQ2_XS, IQ2_XXS, IQ1_M, IQ1_S (k-quants are accepted too).
+    #[arg(long, value_delimiter = ',', required = true)]
+    precision: Vec<String>,
+    /// Output folder (gguf/<TYPE>/<name>-<TYPE>.gguf, imatrix/, manifest.json inside).
+    #[arg(long)]
+    output: PathBuf,
+    /// Per-tensor rules: architecture-aware (default) or llama.cpp (llama-quantize's stock mix).
+    #[arg(long, default_value = "architecture-aware")]
+    rules: String,
+    /// Tokens per calibration chunk.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Use at most N calibration chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Measure every output (perplexity, KL divergence) and record it in the manifest.
+    #[arg(long)]
+    evaluate: bool,
+    /// Score against this model instead of --model (e.g. the HF original of a GGUF).
+    #[arg(long)]
+    eval_reference: Option<String>,
+    /// Text for --evaluate (default: the bundled wiki evaluation text, if found).
+    #[arg(long)]
+    eval_text: Option<PathBuf>,
+    #[arg(long, default_value_t = 512)]
+    eval_ctx: usize,
+    #[arg(long)]
+    eval_chunks: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -344,29 +397,9 @@ fn run_llm(a: LlmArgs) -> Result<()> {
     } else {
         None
     };
-    let ftypes = a
-        .gguf_precision
-        .iter()
-        .map(|s| {
-            Ftype::from_name(s).ok_or_else(|| {
-                anyhow!(
-                    "--gguf-precision {s}: unknown file type (supported: {})",
-                    pajamas_plan::ALL_FTYPES
-                        .iter()
-                        .map(|f| f.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let ftypes = parse_ftypes(&a.gguf_precision, "--gguf-precision")?;
     let ftypes = if want_gguf { ftypes } else { Vec::new() };
-    let rules = Rules::from_name(&a.rules).ok_or_else(|| {
-        anyhow!(
-            "--rules {}: expected architecture-aware or llama.cpp",
-            a.rules
-        )
-    })?;
+    let rules = parse_rules(&a.rules)?;
     let opts = QuantizeOptions {
         model: a.model.clone(),
         output: a.output.clone(),
@@ -408,19 +441,99 @@ fn run_llm(a: LlmArgs) -> Result<()> {
             print!("{t}");
         }
     } else {
-        for o in &report.outputs {
-            println!(
-                "{}  {:.1} MB  {:.3} bits/weight  {:.1} s{}",
-                a.output.join(&o.path).display(),
-                o.size_bytes as f64 / 1e6,
-                o.bits_per_weight,
-                o.seconds,
-                llama_pajamas::quality::one_line(o.quality.as_ref())
-            );
-        }
-        if let Some(m) = &report.manifest {
-            println!("manifest: {}", m.display());
-        }
+        print_outputs(&report, &a.output);
+    }
+    Ok(())
+}
+
+fn parse_ftypes(names: &[String], flag: &str) -> Result<Vec<Ftype>> {
+    names
+        .iter()
+        .map(|s| {
+            Ftype::from_name(s).ok_or_else(|| {
+                anyhow!(
+                    "{flag} {s}: unknown file type (supported: {})",
+                    pajamas_plan::ALL_FTYPES
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+fn parse_rules(name: &str) -> Result<Rules> {
+    Rules::from_name(name)
+        .ok_or_else(|| anyhow!("--rules {name}: expected architecture-aware or llama.cpp"))
+}
+
+fn print_outputs(report: &llama_pajamas::quantize::QuantizeReport, output: &std::path::Path) {
+    for o in &report.outputs {
+        println!(
+            "{}  {:.1} MB  {:.3} bits/weight  {:.1} s{}",
+            output.join(&o.path).display(),
+            o.size_bytes as f64 / 1e6,
+            o.bits_per_weight,
+            o.seconds,
+            llama_pajamas::quality::one_line(o.quality.as_ref())
+        );
+    }
+    if let Some(m) = &report.manifest {
+        println!("manifest: {}", m.display());
+    }
+}
+
+fn run_iq_quantize(a: IqQuantizeCli) -> Result<()> {
+    use llama_pajamas::iq::{iq_quantize, Importance, IqArgs};
+    set_threads(a.threads)?;
+    let importance = match (a.calibration, a.imatrix) {
+        (Some(text), None) => Importance::Calibration {
+            text,
+            ctx: a.ctx,
+            chunks: a.chunks,
+        },
+        (None, Some(p)) => Importance::File(p),
+        _ => bail!(
+            "iq quantize needs importance weights: --calibration TEXT (make one with \
+             `llama-pajamas-quant iq generate-calibration --output calibration.txt`) or --imatrix FILE"
+        ),
+    };
+    let mut report = iq_quantize(&IqArgs {
+        model: a.model.clone(),
+        importance,
+        ftypes: parse_ftypes(&a.precision, "--precision")?,
+        output: a.output.clone(),
+        rules: parse_rules(&a.rules)?,
+        force: a.force,
+        progress: progress(a.json),
+    })?;
+    if a.evaluate {
+        let text = match &a.eval_text {
+            Some(t) => t.clone(),
+            None => default_eval_text()?,
+        };
+        llama_pajamas::quality::evaluate_outputs(
+            &mut report.quantize,
+            a.eval_reference.as_deref().unwrap_or(&a.model),
+            &a.output,
+            &text,
+            a.eval_ctx,
+            a.eval_chunks,
+            progress(a.json),
+        )?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let how = if report.imatrix_computed {
+            "computed"
+        } else {
+            "used"
+        };
+        println!("imatrix ({how}): {}", report.imatrix);
+        print_outputs(&report.quantize, &a.output);
     }
     Ok(())
 }
@@ -556,6 +669,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => run_eval(a)?,
         Command::Imatrix(a) => run_imatrix(a)?,
         Command::Iq(IqCommand::GenerateCalibration(a)) => run_calibration(a)?,
+        Command::Iq(IqCommand::Quantize(a)) => run_iq_quantize(a)?,
         Command::Profile(a) => run_profile(a)?,
         Command::Inspect { file, json } => {
             let f = pajamas_gguf::GgufFile::open(&file)?;

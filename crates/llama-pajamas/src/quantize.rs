@@ -367,6 +367,20 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if imatrix.is_none() && !opts.dry_run {
+        for plan in &plans {
+            if let Some(t) = plan.needs_imatrix() {
+                bail!(
+                    "{}: tensor '{}' would be {} and this type needs an importance matrix (as in llama-quantize); \
+                     pass --imatrix FILE (make one with `llama-pajamas-quant imatrix --model M --calibration TEXT --output FILE`) \
+                     or use `llama-pajamas-quant iq quantize --calibration TEXT`",
+                    plan.ftype,
+                    t.name,
+                    t.ty
+                );
+            }
+        }
+    }
     let mlx_plan = match (&opts.mlx, &source) {
         (None, _) => None,
         (Some(choice), Source::Hf(model)) => {

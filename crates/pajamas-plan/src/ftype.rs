@@ -24,6 +24,18 @@ pub enum Ftype {
     Q5_K_S = 16,
     Q5_K_M = 17,
     Q6_K = 18,
+    IQ2_XXS = 19,
+    IQ2_XS = 20,
+    IQ3_XS = 22,
+    IQ3_XXS = 23,
+    IQ1_S = 24,
+    IQ4_NL = 25,
+    IQ3_S = 26,
+    IQ3_M = 27,
+    IQ2_S = 28,
+    IQ2_M = 29,
+    IQ4_XS = 30,
+    IQ1_M = 31,
     BF16 = 32,
 }
 
@@ -31,7 +43,13 @@ use Ftype::*;
 
 pub const ALL_FTYPES: &[Ftype] = &[
     F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M,
-    Q5_K_S, Q5_K_M, Q6_K,
+    Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, IQ3_M, IQ3_S, IQ3_XS, IQ3_XXS, IQ2_M, IQ2_S, IQ2_XS,
+    IQ2_XXS, IQ1_M, IQ1_S,
+];
+
+/// The i-quant file types (issue 7): importance-matrix driven, 1.5 to 4.5 bits per weight.
+pub const IQ_FTYPES: &[Ftype] = &[
+    IQ4_NL, IQ4_XS, IQ3_M, IQ3_S, IQ3_XS, IQ3_XXS, IQ2_M, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_M, IQ1_S,
 ];
 
 impl Ftype {
@@ -58,6 +76,18 @@ impl Ftype {
             Q5_K_S => "Q5_K_S",
             Q5_K_M => "Q5_K_M",
             Q6_K => "Q6_K",
+            IQ2_XXS => "IQ2_XXS",
+            IQ2_XS => "IQ2_XS",
+            IQ3_XS => "IQ3_XS",
+            IQ3_XXS => "IQ3_XXS",
+            IQ1_S => "IQ1_S",
+            IQ4_NL => "IQ4_NL",
+            IQ3_S => "IQ3_S",
+            IQ3_M => "IQ3_M",
+            IQ2_S => "IQ2_S",
+            IQ2_M => "IQ2_M",
+            IQ4_XS => "IQ4_XS",
+            IQ1_M => "IQ1_M",
         }
     }
 
@@ -84,7 +114,22 @@ impl Ftype {
             Q4_K_S | Q4_K_M => GgmlType::Q4_K,
             Q5_K_S | Q5_K_M => GgmlType::Q5_K,
             Q6_K => GgmlType::Q6_K,
+            IQ2_XXS => GgmlType::IQ2_XXS,
+            // IQ2_S is IQ2_XS with bigger attn_v/ffn_down/attn_output; IQ2_M is IQ2_S-based.
+            IQ2_XS | IQ2_S => GgmlType::IQ2_XS,
+            IQ2_M => GgmlType::IQ2_S,
+            IQ3_XXS => GgmlType::IQ3_XXS,
+            IQ3_XS | IQ3_S | IQ3_M => GgmlType::IQ3_S,
+            IQ1_S => GgmlType::IQ1_S,
+            IQ1_M => GgmlType::IQ1_M,
+            IQ4_NL => GgmlType::IQ4_NL,
+            IQ4_XS => GgmlType::IQ4_XS,
         }
+    }
+
+    /// Whether this is one of the i-quant file types.
+    pub fn is_iquant(self) -> bool {
+        IQ_FTYPES.contains(&self)
     }
 }
 

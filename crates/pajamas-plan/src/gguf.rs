@@ -103,6 +103,25 @@ impl GgufPlan {
     pub fn get(&self, name: &str) -> Option<&PlannedTensor> {
         self.tensors.iter().find(|t| t.name == name)
     }
+
+    /// The first tensor that llama-quantize would refuse to write without an importance
+    /// matrix (see [`tensor_requires_imatrix`]).
+    pub fn needs_imatrix(&self) -> Option<&PlannedTensor> {
+        self.tensors
+            .iter()
+            .find(|t| tensor_requires_imatrix(&t.name, t.ty))
+    }
+}
+
+/// llama-quantize's rule: below 3 bits (and IQ3_XXS), a lattice quantizer without
+/// importance weights spends its few codes on the wrong columns, so llama.cpp refuses
+/// these types without an imatrix, except for token_embd and output (lookups and the
+/// head, whose rows the imatrix does not see). Our kernels can run without one for
+/// IQ3_XXS, IQ2_S and IQ1_M, but the files would be as poor, so we refuse as well.
+pub fn tensor_requires_imatrix(name: &str, ty: GgmlType) -> bool {
+    use GgmlType::*;
+    let head = matches!(category(name), Category::Output | Category::TokenEmbd);
+    !head && matches!(ty, IQ3_XXS | IQ2_XXS | IQ2_XS | IQ2_S | IQ1_M | IQ1_S)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,9 +221,10 @@ struct Hparams {
 
 struct Counters {
     n_attention_wv: i64,
-    n_ffn_down: i64,
     i_attention_wv: i64,
     i_ffn_down: i64,
+    i_ffn_gate: i64,
+    i_ffn_up: i64,
 }
 
 fn layer_of(name: &str) -> Option<i64> {
@@ -230,11 +250,13 @@ pub fn plan_gguf(
     let count = |f: &dyn Fn(Category) -> bool| {
         tensors.iter().filter(|t| f(category(&t.name))).count() as i64
     };
+    // As llama.cpp: attn_v tensors are counted, ffn layers are the model's layer count.
     let mut c = Counters {
         n_attention_wv: count(&|c| is_attn_v_like(c)),
-        n_ffn_down: count(&|c| c == Category::FfnDown),
         i_attention_wv: 0,
         i_ffn_down: 0,
+        i_ffn_gate: 0,
+        i_ffn_up: 0,
     };
     let has_tied = !tensors.iter().any(|t| t.name == "output.weight");
     let base = ftype.base_type();
@@ -335,6 +357,12 @@ fn fallback(
     ))
 }
 
+/// The i-quant file types at 2 bits and below, which llama.cpp treats as one group.
+fn is_iq2_group(f: Ftype) -> bool {
+    use Ftype::*;
+    matches!(f, IQ2_XXS | IQ2_XS | IQ2_S | IQ2_M | IQ1_S | IQ1_M)
+}
+
 /// llama-quantize's per-tensor choice for a quantized ftype.
 #[allow(clippy::too_many_arguments)]
 fn stock_type(
@@ -352,12 +380,19 @@ fn stock_type(
     let name = t.name.as_str();
     // Experts are not laid out in layer order in every model: llama.cpp reads the layer
     // from the name when the model has experts, else counts tensors.
-    let layer = |i: i64, n: i64| -> (i64, i64) {
+    let layer = |i: i64| -> (i64, i64) {
+        let n = hp.n_layer as i64;
         if hp.n_expert > 1 {
-            (layer_of(name).unwrap_or(i), hp.n_layer as i64)
+            (layer_of(name).unwrap_or(i), n)
         } else {
             (i, n)
         }
+    };
+    // IQ2_S and IQ2_M give their sensitive tensors IQ3_S where the others use Q2_K.
+    let iq2_up = if matches!(ftype, F::IQ2_S | F::IQ2_M) {
+        G::IQ3_S
+    } else {
+        G::Q2_K
     };
     if cat == Category::Output || (has_tied && cat == Category::TokenEmbd) {
         let what = if cat == Category::Output {
@@ -374,40 +409,113 @@ fn stock_type(
                     base.block_size()
                 ),
             )
+        } else if is_iq2_group(ftype) || ftype == F::IQ3_XXS {
+            (G::Q5_K, format!("{what} of a {ftype} file -> Q5_K"))
         } else if base != G::Q8_0 {
             (G::Q6_K, format!("{what} -> Q6_K"))
         } else {
             (base, format!("{what} stays {base}"))
         };
     }
+    if cat == Category::TokenEmbd {
+        return match ftype {
+            F::IQ2_XXS | F::IQ2_XS | F::IQ1_S | F::IQ1_M => {
+                (G::Q2_K, format!("token_embd of a {ftype} file -> Q2_K"))
+            }
+            F::IQ2_S | F::IQ2_M | F::IQ3_XXS => {
+                (G::IQ3_S, format!("token_embd of a {ftype} file -> IQ3_S"))
+            }
+            _ => (base, "token_embd at the base type".into()),
+        };
+    }
+    if is_iq2_group(ftype) {
+        return match cat {
+            _ if is_attn_v_like(cat) => {
+                c.i_attention_wv += 1;
+                if hp.n_gqa >= 4 || hp.n_expert >= 4 {
+                    (
+                        G::Q4_K,
+                        format!(
+                            "attn_v with GQA {} / {} experts -> Q4_K",
+                            hp.n_gqa, hp.n_expert
+                        ),
+                    )
+                } else {
+                    (iq2_up, format!("attn_v of a {ftype} file -> {iq2_up}"))
+                }
+            }
+            Category::AttnK if hp.n_expert == 8 => {
+                (G::Q4_K, "attn_k of an 8-expert model -> Q4_K".into())
+            }
+            Category::FfnDown => {
+                // This group counts ffn_down tensors, not layers.
+                let i = c.i_ffn_down;
+                c.i_ffn_down += 1;
+                if i < hp.n_layer as i64 / 8 {
+                    (
+                        iq2_up,
+                        format!("ffn_down {i} in the first eighth -> {iq2_up}"),
+                    )
+                } else {
+                    (base, format!("ffn_down {i} at the base type"))
+                }
+            }
+            Category::AttnOutput if hp.n_expert == 8 => {
+                (G::Q5_K, "attn_output of an 8-expert model -> Q5_K".into())
+            }
+            Category::AttnOutput if matches!(ftype, F::IQ1_S | F::IQ1_M) => (
+                G::IQ2_XXS,
+                format!("attn_output of a {ftype} file -> IQ2_XXS"),
+            ),
+            Category::AttnOutput if matches!(ftype, F::IQ2_S | F::IQ2_M) => {
+                (G::IQ3_S, format!("attn_output of a {ftype} file -> IQ3_S"))
+            }
+            _ => (base, "at the base type".into()),
+        };
+    }
     match cat {
-        Category::TokenEmbd => (base, "token_embd at the base type".into()),
         _ if is_attn_v_like(cat) => {
             let i = c.i_attention_wv;
             let n = c.n_attention_wv;
             c.i_attention_wv += 1;
+            let gqa4 = hp.n_gqa >= 4;
             let (mut ty, mut why) = (base, format!("attn_v {i} of {n} at the base type"));
+            let mut set = |t: G, w: String| {
+                ty = t;
+                why = w;
+            };
             match ftype {
-                F::Q2_K => {
-                    ty = if hp.n_gqa >= 4 { G::Q4_K } else { G::Q3_K };
-                    why = format!("attn_v with GQA {} -> {ty}", hp.n_gqa);
+                F::Q2_K => set(
+                    if gqa4 { G::Q4_K } else { G::Q3_K },
+                    format!(
+                        "attn_v with GQA {} -> {}",
+                        hp.n_gqa,
+                        if gqa4 { "Q4_K" } else { "Q3_K" }
+                    ),
+                ),
+                F::IQ3_XXS if gqa4 => set(G::Q4_K, format!("attn_v with GQA {} -> Q4_K", hp.n_gqa)),
+                F::IQ3_XXS if !has_imatrix => set(
+                    G::IQ3_S,
+                    "attn_v of an IQ3_XXS file without an imatrix -> IQ3_S".into(),
+                ),
+                F::IQ3_XXS => set(G::IQ3_XXS, "attn_v at the base type".into()),
+                F::IQ3_XS | F::IQ3_S if gqa4 => {
+                    set(G::Q4_K, format!("attn_v with GQA {} -> Q4_K", hp.n_gqa))
                 }
-                F::Q3_K_M => {
-                    ty = if i < 2 { G::Q5_K } else { G::Q4_K };
-                    why = format!("attn_v {i}: first two Q5_K, others Q4_K");
+                F::IQ3_M => set(G::Q4_K, "attn_v of an IQ3_M file -> Q4_K".into()),
+                F::Q3_K_M => set(
+                    if i < 2 { G::Q5_K } else { G::Q4_K },
+                    format!("attn_v {i}: first two Q5_K, others Q4_K"),
+                ),
+                F::Q3_K_L => set(G::Q5_K, "attn_v -> Q5_K".into()),
+                F::IQ4_NL | F::IQ4_XS if gqa4 => {
+                    set(G::Q5_K, format!("attn_v with GQA {} -> Q5_K", hp.n_gqa))
                 }
-                F::Q3_K_L => {
-                    ty = G::Q5_K;
-                    why = "attn_v -> Q5_K".into();
-                }
-                F::Q4_K_M | F::Q5_K_M if use_more_bits(i, n) => {
-                    ty = G::Q6_K;
-                    why = format!("attn_v {i} of {n} is a use_more_bits layer -> Q6_K");
-                }
-                F::Q4_K_S if i < 4 => {
-                    ty = G::Q5_K;
-                    why = format!("attn_v {i} < 4 -> Q5_K");
-                }
+                F::Q4_K_M | F::Q5_K_M if use_more_bits(i, n) => set(
+                    G::Q6_K,
+                    format!("attn_v {i} of {n} is a use_more_bits layer -> Q6_K"),
+                ),
+                F::Q4_K_S if i < 4 => set(G::Q5_K, format!("attn_v {i} < 4 -> Q5_K")),
                 _ => {}
             }
             if hp.is_70b && matches!(ty, G::Q3_K | G::Q4_K) {
@@ -423,12 +531,32 @@ fn stock_type(
         Category::AttnK if hp.n_expert == 8 => {
             (G::Q8_0, "attn_k of an 8-expert model -> Q8_0".into())
         }
+        Category::AttnK | Category::AttnQ if ftype == F::IQ3_XS => (
+            G::IQ3_XXS,
+            "attn_q/attn_k of an IQ3_XS file -> IQ3_XXS".into(),
+        ),
+        Category::AttnK | Category::AttnQ if ftype == F::IQ3_XXS => {
+            (G::IQ2_S, "attn_q/attn_k of an IQ3_XXS file -> IQ2_S".into())
+        }
         Category::FfnDown => {
-            let (i, n) = layer(c.i_ffn_down, c.n_ffn_down);
+            let (i, n) = layer(c.i_ffn_down);
             c.i_ffn_down += 1;
             let keep = (base, format!("ffn_down {i} of {n} at the base type"));
             match ftype {
                 F::Q2_K => (G::Q3_K, "ffn_down -> Q3_K".into()),
+                F::IQ3_XXS if !has_imatrix => {
+                    if i < n / 8 {
+                        (
+                            G::Q4_K,
+                            format!("ffn_down {i} in the first eighth, no imatrix -> Q4_K"),
+                        )
+                    } else {
+                        (
+                            G::Q3_K,
+                            format!("ffn_down {i} of an IQ3_XXS file without an imatrix -> Q3_K"),
+                        )
+                    }
+                }
                 F::Q3_K_M => {
                     if i < n / 16 {
                         (
@@ -439,8 +567,20 @@ fn stock_type(
                         (G::Q4_K, format!("ffn_down {i} -> Q4_K"))
                     }
                 }
+                F::IQ3_M if i < n / 8 || (hp.n_expert == 8 && use_more_bits(i, n)) => (
+                    G::Q4_K,
+                    format!("ffn_down {i} of {n} (first eighth or 8-expert use_more_bits) -> Q4_K"),
+                ),
                 F::Q3_K_L => (G::Q5_K, "ffn_down -> Q5_K".into()),
-                F::Q4_K_M | F::Q5_K_M if use_more_bits(i, n) => (
+                F::Q4_K_M if use_more_bits(i, n) => (
+                    G::Q6_K,
+                    format!("ffn_down {i} of {n} is a use_more_bits layer -> Q6_K"),
+                ),
+                F::IQ4_NL | F::IQ4_XS if i < n / 8 && !has_imatrix => (
+                    G::Q5_K,
+                    format!("ffn_down {i} in the first eighth, no imatrix -> Q5_K"),
+                ),
+                F::Q5_K_M if use_more_bits(i, n) => (
                     G::Q6_K,
                     format!("ffn_down {i} of {n} is a use_more_bits layer -> Q6_K"),
                 ),
@@ -461,7 +601,17 @@ fn stock_type(
             if hp.n_expert == 8 {
                 if matches!(
                     ftype,
-                    F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M
+                    F::Q2_K
+                        | F::Q3_K_S
+                        | F::Q3_K_M
+                        | F::Q4_K_S
+                        | F::Q4_K_M
+                        | F::IQ3_XS
+                        | F::IQ3_XXS
+                        | F::IQ3_S
+                        | F::IQ3_M
+                        | F::IQ4_NL
+                        | F::IQ4_XS
                 ) {
                     (G::Q5_K, "attn_output of an 8-expert model -> Q5_K".into())
                 } else {
@@ -470,14 +620,37 @@ fn stock_type(
             } else {
                 match ftype {
                     F::Q2_K => (G::Q3_K, "attn_output -> Q3_K".into()),
-                    F::Q3_K_M => (G::Q4_K, "attn_output -> Q4_K".into()),
+                    F::IQ3_XXS => (G::IQ3_S, "attn_output of an IQ3_XXS file -> IQ3_S".into()),
+                    F::Q3_K_M | F::IQ3_M => {
+                        (G::Q4_K, format!("attn_output of a {ftype} file -> Q4_K"))
+                    }
                     F::Q3_K_L => (G::Q5_K, "attn_output -> Q5_K".into()),
                     _ => (base, "attn_output at the base type".into()),
                 }
             }
         }
-        Category::FfnGate => (base, "ffn_gate at the base type".into()),
-        Category::FfnUp => (base, "ffn_up at the base type".into()),
+        Category::FfnGate | Category::FfnUp => {
+            let counter = if cat == Category::FfnGate {
+                &mut c.i_ffn_gate
+            } else {
+                &mut c.i_ffn_up
+            };
+            let (i, n) = layer(*counter);
+            *counter += 1;
+            let what = if cat == Category::FfnGate {
+                "ffn_gate"
+            } else {
+                "ffn_up"
+            };
+            if ftype == F::IQ3_XS && i >= n / 8 && i < 7 * n / 8 {
+                (
+                    G::IQ3_XXS,
+                    format!("{what} {i} of {n} in the middle layers of an IQ3_XS file -> IQ3_XXS"),
+                )
+            } else {
+                (base, format!("{what} at the base type"))
+            }
+        }
         _ => (base, "at the base type".into()),
     }
 }
@@ -486,6 +659,14 @@ fn stock_type(
 fn bump(ty: GgmlType) -> GgmlType {
     use GgmlType::*;
     match ty {
+        IQ1_S => IQ1_M,
+        IQ1_M => IQ2_XXS,
+        IQ2_XXS => IQ2_XS,
+        IQ2_XS => IQ2_S,
+        IQ2_S => IQ3_XXS,
+        IQ3_XXS => IQ3_S,
+        IQ3_S => IQ4_XS,
+        IQ4_XS | IQ4_NL => Q5_K,
         Q2_K => Q3_K,
         Q3_K => Q4_K,
         Q4_K => Q5_K,
@@ -765,6 +946,62 @@ mod tests {
         .unwrap();
         assert!(p.tensor_bytes() > stock.tensor_bytes());
         assert!(p.bits_per_weight() - stock.bits_per_weight() < 0.05);
+    }
+
+    #[test]
+    fn stock_iquants() {
+        // Llama-like, GQA 4:1, 32 layers (the oracle test checks every i-quant type
+        // against llama-quantize --dry-run on real models).
+        let (arch, t) = llama(32, 512, 2, 1024, false);
+        let plan =
+            |f, im| plan_gguf(&t, &arch, f, Rules::LlamaCpp, &Overrides::default(), im).unwrap();
+        let p = plan(Ftype::IQ2_XS, true);
+        assert_eq!(ty(&p, "output.weight"), GgmlType::Q5_K);
+        assert_eq!(ty(&p, "token_embd.weight"), GgmlType::Q2_K);
+        assert_eq!(ty(&p, "blk.7.attn_v.weight"), GgmlType::Q4_K, "GQA 4:1");
+        assert_eq!(
+            ty(&p, "blk.3.ffn_down.weight"),
+            GgmlType::Q2_K,
+            "first eighth"
+        );
+        assert_eq!(ty(&p, "blk.4.ffn_down.weight"), GgmlType::IQ2_XS);
+        assert_eq!(ty(&p, "blk.4.attn_q.weight"), GgmlType::IQ2_XS);
+        assert!(p.needs_imatrix().is_some());
+        let p = plan(Ftype::IQ3_XXS, false);
+        assert_eq!(ty(&p, "blk.4.attn_q.weight"), GgmlType::IQ2_S);
+        assert_eq!(ty(&p, "blk.4.attn_output.weight"), GgmlType::IQ3_S);
+        assert_eq!(
+            ty(&p, "blk.1.ffn_down.weight"),
+            GgmlType::Q4_K,
+            "no imatrix"
+        );
+        assert_eq!(
+            ty(&p, "blk.9.ffn_down.weight"),
+            GgmlType::Q3_K,
+            "no imatrix"
+        );
+        let p = plan(Ftype::IQ3_XS, true);
+        assert_eq!(ty(&p, "blk.1.ffn_up.weight"), GgmlType::IQ3_S);
+        assert_eq!(
+            ty(&p, "blk.9.ffn_up.weight"),
+            GgmlType::IQ3_XXS,
+            "middle layers"
+        );
+        let p = plan(Ftype::IQ4_XS, false);
+        assert_eq!(ty(&p, "blk.0.ffn_down.weight"), GgmlType::Q5_K);
+        assert_eq!(ty(&p, "blk.9.ffn_down.weight"), GgmlType::IQ4_XS);
+        assert!(p.needs_imatrix().is_none());
+        // Aware rules keep the stock floor and move up the i-quant ladder.
+        let aware = plan_gguf(
+            &t,
+            &arch,
+            Ftype::IQ2_XS,
+            Rules::ArchitectureAware,
+            &Overrides::default(),
+            true,
+        )
+        .unwrap();
+        assert!(aware.tensor_bytes() >= plan(Ftype::IQ2_XS, true).tensor_bytes());
     }
 
     #[test]

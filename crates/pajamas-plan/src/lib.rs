@@ -4,5 +4,8 @@
 pub mod ftype;
 pub mod gguf;
 
-pub use ftype::{Ftype, ALL_FTYPES};
-pub use gguf::{plan_gguf, GgufPlan, Overrides, PlanError, PlanInput, PlannedTensor, Rules};
+pub use ftype::{Ftype, ALL_FTYPES, IQ_FTYPES};
+pub use gguf::{
+    plan_gguf, tensor_requires_imatrix, GgufPlan, Overrides, PlanError, PlanInput, PlannedTensor,
+    Rules,
+};

@@ -8,11 +8,14 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use pajamas_quant::{dequantize_rows, is_supported, quantize_rows, GgmlType, ALL_TYPES};
+use pajamas_quant::{
+    dequantize_rows, is_supported, quantize_rows_with, GgmlType, Objective, ALL_TYPES,
+};
 
 const USAGE: &str = "usage:
   kernels types
   kernels quantize   --type TYPE --cols N --input ROWS.f32 --output OUT.bin [--importance IMP.f32]
+                     [--objective model|row-error]
   kernels dequantize --type TYPE --cols N --input IN.bin --output ROWS.f32";
 
 fn main() -> ExitCode {
@@ -41,13 +44,18 @@ fn run(args: &[String]) -> Result<(), String> {
             let opts = Options::parse(
                 rest,
                 &["--type", "--cols", "--input", "--output"],
-                &["--importance"],
+                &["--importance", "--objective"],
             )?;
             let (ty, cols) = (opts.ty()?, opts.cols()?);
             let data = read_f32(opts.get("--input"))?;
             let importance = opts.optional("--importance").map(read_f32).transpose()?;
-            let bytes =
-                quantize_rows(ty, &data, cols, importance.as_deref()).map_err(|e| e.to_string())?;
+            let objective = match opts.optional("--objective") {
+                None | Some("model") => Objective::Model,
+                Some("row-error") => Objective::RowError,
+                Some(o) => return Err(format!("--objective {o}: expected model or row-error")),
+            };
+            let bytes = quantize_rows_with(ty, &data, cols, importance.as_deref(), objective)
+                .map_err(|e| e.to_string())?;
             write(opts.get("--output"), &bytes)
         }
         "dequantize" => {

@@ -24,6 +24,7 @@ mod iqlattice;
 mod iquants;
 mod kquants;
 mod legacy;
+mod objective;
 mod search;
 pub mod types;
 
@@ -210,12 +211,25 @@ fn check_importance(ty: GgmlType, importance: Option<&[f32]>, n: usize) -> Resul
     }
 }
 
+/// What the i-quant searches minimise (other types have one objective).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Objective {
+    /// Whole-model quality (`objective.rs`): importance times `sqrt(σ² + x²)`, and no
+    /// shrinkage towards zero. Lower KL divergence for a little more squared error; what
+    /// model files use.
+    #[default]
+    Model,
+    /// The importance-weighted squared error of each row alone.
+    RowError,
+}
+
 /// Quantizes one validated row.
 fn quantize_checked(
     ty: GgmlType,
     src: &[f32],
     importance: Option<&[f32]>,
     dst: &mut [u8],
+    objective: Objective,
 ) -> Result<(), QuantError> {
     match ty {
         GgmlType::F32 => float::quantize_f32(src, dst),
@@ -231,6 +245,9 @@ fn quantize_checked(
             }
             let (quantize, _) = block_kernels(ty).ok_or(QuantError::Unsupported(ty))?;
             let (bs, ts) = (ty.block_size(), ty.type_size());
+            let corrected = objective == Objective::Model && objective::corrected(ty);
+            let mut eff = [0f32; QK_K];
+            let mut scratch = [0f32; QK_K];
             for (b, (x, out)) in src
                 .chunks_exact(bs)
                 .zip(dst.chunks_exact_mut(ts))
@@ -240,11 +257,21 @@ fn quantize_checked(
                     // A block whose columns all have zero importance has no objective;
                     // quantize it for plain error rather than leaving it to chance.
                     Some(imp) if imp[b * bs..(b + 1) * bs].iter().any(|&v| v > 0.0) => {
-                        &imp[b * bs..(b + 1) * bs]
+                        let imp = &imp[b * bs..(b + 1) * bs];
+                        if corrected {
+                            objective::effective_weights(ty, x, imp, &mut eff[..bs]);
+                            &eff[..bs]
+                        } else {
+                            imp
+                        }
                     }
                     _ => &ONES[..bs],
                 };
                 quantize(x, w, out);
+                if corrected {
+                    let (_, dequantize) = block_kernels(ty).expect("checked above");
+                    objective::remove_shrinkage(ty, x, w, out, dequantize, &mut scratch[..bs]);
+                }
             }
         }
     }
@@ -272,7 +299,7 @@ pub fn quantize_row(
         });
     }
     check_importance(ty, importance, src.len())?;
-    quantize_checked(ty, src, importance, dst)
+    quantize_checked(ty, src, importance, dst, Objective::Model)
 }
 
 /// Dequantizes one row: `src` holds `ty.row_bytes(dst.len())` bytes.
@@ -319,6 +346,17 @@ pub fn quantize_rows(
     n_per_row: usize,
     importance: Option<&[f32]>,
 ) -> Result<Vec<u8>, QuantError> {
+    quantize_rows_with(ty, data, n_per_row, importance, Objective::Model)
+}
+
+/// [`quantize_rows`] with a chosen [`Objective`].
+pub fn quantize_rows_with(
+    ty: GgmlType,
+    data: &[f32],
+    n_per_row: usize,
+    importance: Option<&[f32]>,
+    objective: Objective,
+) -> Result<Vec<u8>, QuantError> {
     check_row(ty, n_per_row)?;
     if n_per_row == 0 || !whole(data.len(), n_per_row) {
         return Err(QuantError::DataLength {
@@ -336,7 +374,7 @@ pub fn quantize_rows(
         .zip(data.par_chunks(n_per_row))
         .enumerate()
         .filter_map(|(r, (dst, src))| {
-            quantize_checked(ty, src, importance, dst)
+            quantize_checked(ty, src, importance, dst, objective)
                 .err()
                 .map(|e| (r, e))
         })
@@ -617,18 +655,20 @@ mod tests {
 
     #[test]
     fn iquants_round_trip_error_is_bounded() {
-        // Weighted RMSE on unit gaussians with an importance row, about 3% above what the
+        // Weighted RMSE on unit gaussians with an importance row, a few % above what the
         // kernels reach today (the comparison with ggml is tests/oracle/test_iquants.py).
+        // The searches minimise the effective weights and remove shrinkage
+        // (objective.rs), so this imatrix-only error is a little above their optimum.
         let bounds = [
             (IQ4_NL, 0.0665),
             (IQ4_XS, 0.0670),
             (IQ3_XXS, 0.1073),
-            (IQ2_XXS, 0.224),
-            (IQ2_XS, 0.190),
-            (IQ3_S, 0.0873),
-            (IQ2_S, 0.180),
-            (IQ1_S, 0.376),
-            (IQ1_M, 0.312),
+            (IQ2_XXS, 0.235),
+            (IQ2_XS, 0.200),
+            (IQ3_S, 0.095),
+            (IQ2_S, 0.190),
+            (IQ1_S, 0.415),
+            (IQ1_M, 0.345),
         ];
         let n = 512;
         let x = gaussian_rows(16, n, 11);
@@ -682,7 +722,7 @@ mod tests {
                 let y = dequantize_rows(ty, &r.unwrap(), 256).unwrap();
                 let rmse = weighted_mse(&x, &y, None).sqrt();
                 // Unit gaussians: IQ2_S reaches 0.25 here, IQ1_M (1.75 bits) 0.42.
-                let bound = if ty == IQ1_M { 0.45 } else { 0.3 };
+                let bound = if ty == IQ1_M { 0.49 } else { 0.3 };
                 assert!(rmse < bound, "{ty}: {rmse}");
             }
         }
