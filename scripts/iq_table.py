@@ -78,7 +78,7 @@ def main():
         grab = lambda label: float(re.search(label + r"\s*:?\s*([-0-9.e+]+)", out).group(1))  # noqa: E731
         rows.append({"model": name, "quantizer": who, "type": t, "file_bytes": path.stat().st_size,
                      "tensor_bytes": tensor_bytes(path), "ppl": grab(r"Mean PPL\(Q\)"),
-                     "kld": grab(r"Mean\s+KLD"), "top1": grab(r"Same top p")})
+                     "kld": grab(r"Mean\s+KLD"), "top1": grab(r"Same top p:")})
         print(json.dumps(rows[-1]), flush=True)
     (w / "iq_table.json").write_text(json.dumps(rows, indent=1))
     print(f"\n{name}: imatrix from {a.calib_chunks} chunks of wiki_calib; {a.eval_chunks} chunks of "

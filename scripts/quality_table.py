@@ -40,7 +40,7 @@ def llama_kld(tools, model, base, ctx, chunks):
         m = re.search(label + r"\s*:?\s*([-0-9.e+]+)", out)
         return float(m.group(1)) if m else None
     return {"ppl": grab(r"Mean PPL\(Q\)"), "kld": grab(r"Mean\s+KLD"),
-            "top1": grab(r"Same top p") }
+            "top1": grab(r"Same top p:") }
 
 
 def main():
