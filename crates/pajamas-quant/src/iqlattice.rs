@@ -406,34 +406,22 @@ fn chain(a: &[f32], b: &[f32], s: &mut [u32], p: usize, q: usize, out: &mut Vec<
 /// Lower envelope of the lines `B·t − 2A` (`t > 0`) of `n` points (sums in `a`, `b`, `c`;
 /// point indices offset by `first`): the upper-left convex chain of the points `(B, A)`,
 /// from the smallest B (winner as t → ∞; ties: largest A) to the largest A (winner as
-/// t → 0; ties: smallest B), found by quickhull. `scratch` is reused.
+/// t → 0; ties: smallest B), found by quickhull. `ext`: the extremes of `a`, `b`;
+/// `scratch` is reused.
 #[inline(always)]
 fn envelope(
     a: &[f32],
     b: &[f32],
     c: &[f32],
     first: usize,
-    n: usize,
+    ext: &Extremes,
     scratch: &mut Scratch,
     out: &mut Vec<Line>,
 ) {
-    // The extremes (vectorised folds), then their first points (the same values found
-    // again). A tie on A (or B) with a worse B (or A) only adds a line that never wins.
-    let (mut amax, mut bmin) = ([f32::NEG_INFINITY; LANES], [f32::INFINITY; LANES]);
-    let (mut aabs, mut bmax) = ([0f32; LANES], [0f32; LANES]);
-    for (ca, cb) in a[..n].chunks_exact(LANES).zip(b[..n].chunks_exact(LANES)) {
-        for k in 0..LANES {
-            amax[k] = if ca[k] > amax[k] { ca[k] } else { amax[k] };
-            bmin[k] = if cb[k] < bmin[k] { cb[k] } else { bmin[k] };
-            let m = ca[k].abs();
-            aabs[k] = if m > aabs[k] { m } else { aabs[k] };
-            bmax[k] = if cb[k] > bmax[k] { cb[k] } else { bmax[k] };
-        }
-    }
-    let amax = amax.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let bmin = bmin.iter().copied().fold(f32::INFINITY, f32::min);
-    let aabs = aabs.iter().copied().fold(0f32, f32::max);
-    let bmax = bmax.iter().copied().fold(0f32, f32::max);
+    let n = a.len();
+    // The first points at the extremes (folded while the sums were made). A tie on A (or
+    // B) with a worse B (or A) only adds a line that never wins alone.
+    let (amax, bmin, aabs, bmax) = ext.finish();
     let hi = first_where(&a[..n], |v| v == amax);
     let lo = first_where(&b[..n], |v| v == bmin);
     let line = |p: usize| Line {
@@ -458,7 +446,7 @@ fn envelope(
     let mut len = 2;
     let dist =
         |(pa, pb, da, db): (f32, f32, f32, f32), a: f32, b: f32| (a - pa) * db - da * (b - pb);
-    for _ in 0..2 {
+    for _ in 0..if n >= 2048 { 1 } else { 2 } {
         let edges = len - 1;
         let mut ec = [(0f32, 0f32, 0f32, 0f32); MAX_EDGES];
         for e in 0..edges {
@@ -544,6 +532,63 @@ fn envelope(
     }
     out.extend(idx.iter().map(|&p| line(p as usize)));
     out.push(line(hi));
+}
+
+/// Per-lane extremes of the sums of a set of points: the largest A, the smallest B, the
+/// largest |A| and the largest B (vectorised folds, fed a block at a time).
+#[derive(Clone, Copy)]
+struct Extremes {
+    amax: [f32; LANES],
+    bmin: [f32; LANES],
+    aabs: [f32; LANES],
+    bmax: [f32; LANES],
+}
+
+impl Extremes {
+    fn new() -> Extremes {
+        Extremes {
+            amax: [f32::NEG_INFINITY; LANES],
+            bmin: [f32::INFINITY; LANES],
+            aabs: [0.0; LANES],
+            bmax: [0.0; LANES],
+        }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, a: &[f32], b: &[f32]) {
+        for (ca, cb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+            for k in 0..LANES {
+                self.amax[k] = if ca[k] > self.amax[k] {
+                    ca[k]
+                } else {
+                    self.amax[k]
+                };
+                self.bmin[k] = if cb[k] < self.bmin[k] {
+                    cb[k]
+                } else {
+                    self.bmin[k]
+                };
+                let m = ca[k].abs();
+                self.aabs[k] = if m > self.aabs[k] { m } else { self.aabs[k] };
+                self.bmax[k] = if cb[k] > self.bmax[k] {
+                    cb[k]
+                } else {
+                    self.bmax[k]
+                };
+            }
+        }
+    }
+
+    fn finish(&self) -> (f32, f32, f32, f32) {
+        let max = |v: &[f32; LANES]| v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let min = |v: &[f32; LANES]| v.iter().copied().fold(f32::INFINITY, f32::min);
+        (
+            max(&self.amax),
+            min(&self.bmin),
+            max(&self.aabs),
+            max(&self.bmax),
+        )
+    }
 }
 
 /// Chords of the f32 rounds of [`envelope`].
@@ -679,7 +724,7 @@ impl<'a> Folded<'a> {
         };
         hulls.off.push(0);
         let mut scratch: Scratch = Default::default();
-        let mut flip_a = Vec::with_capacity(np);
+        let mut flip_a = vec![0f32; np];
         let mut wa = [0f32; 8];
         let mut ws = [0f32; 8];
         for cell in 0..cells {
@@ -690,7 +735,9 @@ impl<'a> Folded<'a> {
                 wa[i] = ws[i] * if lat.signed { v } else { v.abs() };
             }
             let need_c = odd[cell * width / GROUP];
-            // Σ over the cell's coordinates, in blocks of points (vectorised across points).
+            // Σ over the cell's coordinates, in blocks of points (vectorised across points),
+            // folding the extremes of each half on the way.
+            let mut ext = [Extremes::new(); 2];
             if lat.signed {
                 // Point g ± 1/8 from the sums of g: A ± δ·Σw·x and B ± 2δ·Σw·g + δ²·Σw
                 // (the first half is the +1/8 shift, as in `iq1_grid`).
@@ -702,24 +749,38 @@ impl<'a> Folded<'a> {
                 let d = IQ1_DELTA;
                 for p0 in (0..np).step_by(BLOCK) {
                     let (sa, sb, sg) = block_sums::<1>(cols, p0, &wa[..width], &ws[..width]);
+                    let mut h = [[0f32; BLOCK]; 4];
                     for k in 0..BLOCK {
-                        let p = p0 + k;
-                        a[p] = sa[k] + d * sx;
-                        b[p] = sb[k] + 2.0 * d * sg[k] + d * d * sw;
-                        a[np + p] = sa[k] - d * sx;
-                        b[np + p] = sb[k] - 2.0 * d * sg[k] + d * d * sw;
+                        h[0][k] = sa[k] + d * sx;
+                        h[1][k] = sb[k] + 2.0 * d * sg[k] + d * d * sw;
+                        h[2][k] = sa[k] - d * sx;
+                        h[3][k] = sb[k] - 2.0 * d * sg[k] + d * d * sw;
                     }
+                    ext[0].add(&h[0], &h[1]);
+                    ext[1].add(&h[2], &h[3]);
+                    a[p0..p0 + BLOCK].copy_from_slice(&h[0]);
+                    b[p0..p0 + BLOCK].copy_from_slice(&h[1]);
+                    a[np + p0..np + p0 + BLOCK].copy_from_slice(&h[2]);
+                    b[np + p0..np + p0 + BLOCK].copy_from_slice(&h[3]);
                 }
             } else if need_c {
                 for p0 in (0..np).step_by(BLOCK) {
                     let (sa, sb, mc) = block_sums::<2>(cols, p0, &wa[..width], &ws[..width]);
+                    ext[0].add(&sa, &sb);
+                    let mut af = [0f32; BLOCK];
+                    for k in 0..BLOCK {
+                        af[k] = sa[k] - 2.0 * mc[k];
+                    }
+                    ext[1].add(&af, &sb);
                     a[p0..p0 + BLOCK].copy_from_slice(&sa);
                     b[p0..p0 + BLOCK].copy_from_slice(&sb);
                     c[p0..p0 + BLOCK].copy_from_slice(&mc);
+                    flip_a[p0..p0 + BLOCK].copy_from_slice(&af);
                 }
             } else {
                 for p0 in (0..np).step_by(BLOCK) {
                     let (sa, sb, _) = block_sums::<0>(cols, p0, &wa[..width], &ws[..width]);
+                    ext[0].add(&sa, &sb);
                     a[p0..p0 + BLOCK].copy_from_slice(&sa);
                     b[p0..p0 + BLOCK].copy_from_slice(&sb);
                 }
@@ -731,26 +792,20 @@ impl<'a> Folded<'a> {
                     &b[s.clone()],
                     &c[s.clone()],
                     h * np,
-                    np,
+                    &ext[h],
                     &mut scratch,
                     &mut hulls.lines,
                 );
                 hulls.off.push(hulls.lines.len() as u32);
                 if need_c {
-                    flip_a.clear();
-                    flip_a.extend(
-                        a[s.clone()]
-                            .iter()
-                            .zip(&c[s.clone()])
-                            .map(|(&a, &c)| a - 2.0 * c),
-                    );
+                    // Parity types have one half: the flipped sums are A − 2C.
                     let from = hulls.lines.len();
                     envelope(
                         &flip_a,
                         &b[s.clone()],
                         &c[s.clone()],
                         h * np,
-                        np,
+                        &ext[1],
                         &mut scratch,
                         &mut hulls.lines,
                     );
