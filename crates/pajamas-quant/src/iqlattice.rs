@@ -638,29 +638,27 @@ impl Hulls {
     /// cost plus `4t·C` (ties: the lower point). Without `flip` the flipped choice is the
     /// plain one.
     fn best(&self, cell: usize, t: f32, half: Option<usize>, flip: bool) -> CellBest {
-        let halves = match half {
-            Some(h) => h..h + 1,
-            None => 0..self.halves,
+        let (h0, h1) = match half {
+            Some(h) => (h, h + 1),
+            None => (0, self.halves),
         };
-        let four_t = 4.0 * t;
         let pick = |flipped: bool| {
-            let mut best: Option<(Line, f32)> = None;
-            for h in halves.clone() {
+            let k0 = (cell * self.halves + h0) * 2 + usize::from(flipped);
+            let first = self.lines[self.off[k0] as usize];
+            let mut best = (first, f32::INFINITY);
+            let four_t = if flipped { 4.0 * t } else { 0.0 };
+            for h in h0..h1 {
                 for &l in self.range(cell, h, flipped) {
                     let mut e = t * (t * l.b - 2.0 * l.a);
                     if flipped {
                         e += four_t * l.c;
                     }
-                    let better = match best {
-                        None => true,
-                        Some((bl, be)) => e < be || (e == be && l.point < bl.point),
-                    };
-                    if better {
-                        best = Some((l, e));
+                    if e < best.1 || (e == best.1 && l.point < best.0.point) {
+                        best = (l, e);
                     }
                 }
             }
-            best.expect("every envelope has a line")
+            best
         };
         let plain = pick(false);
         let flipped = if flip { pick(true) } else { plain };
