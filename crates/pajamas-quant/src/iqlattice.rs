@@ -502,21 +502,28 @@ fn envelope(
         .zip(b[..n].chunks_exact(LANES))
         .enumerate()
     {
-        // Most chunks have no point above any chord: a vectorised count first.
-        let keep = |k: usize, (db, da, rhs): (f32, f32, f32)| ca[k] * db - da * cb[k] > rhs;
-        let mut count = 0u32;
-        for &c in ec.iter().take(edges) {
-            for k in 0..LANES {
-                count += u32::from(keep(k, c));
+        // Most chunks have no point above any chord: a vectorised test first.
+        let above = |k: usize, (db, da, rhs): (f32, f32, f32)| ca[k] * db - da * cb[k] - rhs;
+        let keep = |k: usize, e: (f32, f32, f32)| above(k, e) > 0.0;
+        let mut m = [f32::NEG_INFINITY; LANES];
+        for &c in &ec[..edges] {
+            for (k, mk) in m.iter_mut().enumerate() {
+                let v = above(k, c);
+                *mk = if v > *mk { v } else { *mk };
             }
         }
-        if count == 0 {
+        if m.iter().all(|&v| v <= 0.0) {
             continue;
         }
         for (e, list) in scratch.0.iter_mut().enumerate().take(edges) {
+            let mut mask = 0u32;
             for k in 0..LANES {
-                let p = ch * LANES + k;
-                if keep(k, ec[e]) && p != poly[e] && p != poly[e + 1] {
+                mask |= u32::from(keep(k, ec[e])) << k;
+            }
+            while mask != 0 {
+                let p = ch * LANES + mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if p != poly[e] && p != poly[e + 1] {
                     list.push(p as u32);
                 }
             }
