@@ -23,10 +23,12 @@
 //! a cell (the elements one point covers) and a point `g` the weighted sums
 //! `A = Σ w·|x|·g`, `B = Σ w·g²` and `C = min w·|x|·g` give the exact error of scale `t`
 //! as `Σ w·x² − 2tA + t²B`, plus `4tC` when the cell carries the group's forced flip (on
-//! its cheapest element). They are computed once per super-block; after that the best
-//! points of any scale cost a pass over the grid with three multiply-adds per point, so
-//! every candidate scale is scored exactly (IQ1's ±1/8 shifts are two halves of one
-//! doubled grid):
+//! its cheapest element). They are computed once per super-block, and with them each
+//! cell's lower envelope of the lines `t ↦ t·B − 2A` (the upper-left convex chain of the
+//! points `(B, A)`, by quickhull): only its few lines (typically 4-8 of 256-4096 points)
+//! can be best at any scale, so every candidate scale is scored exactly for the price of
+//! scanning them (IQ1's ±1/8 shifts are two halves of one doubled grid, each with its
+//! envelope; a cell that may carry its group's flip has a second envelope, of `A − 2C`):
 //! 1. each scale sub-block gets its best float scale: a scan of scales that map the
 //!    largest element onto the grid's range, then least-squares refits of the winner;
 //! 2. the sub-block scales are coded against the f16 super-scale (odd multiples),
