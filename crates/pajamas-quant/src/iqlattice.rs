@@ -23,10 +23,12 @@
 //! a cell (the elements one point covers) and a point `g` the weighted sums
 //! `A = Σ w·|x|·g`, `B = Σ w·g²` and `C = min w·|x|·g` give the exact error of scale `t`
 //! as `Σ w·x² − 2tA + t²B`, plus `4tC` when the cell carries the group's forced flip (on
-//! its cheapest element). They are computed once per super-block; after that the best
-//! points of any scale cost a pass over the grid with three multiply-adds per point, so
-//! every candidate scale is scored exactly (IQ1's ±1/8 shifts are two halves of one
-//! doubled grid):
+//! its cheapest element). They are computed once per super-block, and with them each
+//! cell's lower envelope of the lines `t ↦ t·B − 2A` (the upper-left convex chain of the
+//! points `(B, A)`, by quickhull): only its few lines (typically 4-8 of 256-4096 points)
+//! can be best at any scale, so every candidate scale is scored exactly for the price of
+//! scanning them (IQ1's ±1/8 shifts are two halves of one doubled grid, each with its
+//! envelope; a cell that may carry its group's flip has a second envelope, of `A − 2C`):
 //! 1. each scale sub-block gets its best float scale: a scan of scales that map the
 //!    largest element onto the grid's range, then least-squares refits of the winner;
 //! 2. the sub-block scales are coded against the f16 super-scale (odd multiples),
@@ -230,6 +232,7 @@ const IQ1_M: Lattice = Lattice {
 const ROUNDS: usize = 3;
 
 impl Lattice {
+    #[cfg(test)]
     fn points(&self) -> usize {
         (self.grid)().len() / self.width
     }
@@ -249,82 +252,425 @@ struct Line {
     c: f32,
 }
 
-/// `A`, `B`, `C` of every grid point for every cell of a super-block (cell-major).
-struct Tables {
-    n_points: usize,
-    a: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
+/// The grid coordinate-major (`width` rows of `points` values) with its squares, so that
+/// the sums of a cell over every point vectorise across points. IQ1 keeps its 2048
+/// unshifted points (the shift is added to the sums, see [`Folded::new`]).
+struct Columns {
+    points: usize,
+    g: Vec<f32>,
+    g2: Vec<f32>,
 }
 
-/// Lane count of the minimum searches (fixed, so results do not depend on the target).
-const LANES: usize = 8;
-
-fn lane_min(m: &[f32; LANES]) -> f32 {
-    m.iter()
-        .copied()
-        .fold(f32::INFINITY, |a, b| if b < a { b } else { a })
-}
-
-/// Index of the first minimum of `cost(A, B, C)` over parallel slices (lengths a multiple
-/// of [`LANES`]). Two passes in lanes: the minimum, then the first point reaching it
-/// (recomputed, bit for bit the same): no buffers, and both loops vectorise. NaN costs
-/// (never with finite input) give 0.
-#[inline(always)]
-fn argmin(a: &[f32], b: &[f32], c: &[f32], cost: impl Fn(f32, f32, f32) -> f32) -> usize {
-    let mut m = [f32::INFINITY; LANES];
-    for ((ca, cb), cc) in a
-        .chunks_exact(LANES)
-        .zip(b.chunks_exact(LANES))
-        .zip(c.chunks_exact(LANES))
-    {
-        for k in 0..LANES {
-            let e = cost(ca[k], cb[k], cc[k]);
-            m[k] = if e < m[k] { e } else { m[k] };
+fn columns_of(width: usize, values: impl Fn(usize, usize) -> f32, points: usize) -> Columns {
+    let mut g = vec![0f32; width * points];
+    let mut g2 = vec![0f32; width * points];
+    for i in 0..width {
+        for p in 0..points {
+            let v = values(p, i);
+            g[i * points + p] = v;
+            g2[i * points + p] = v * v;
         }
     }
-    let v = lane_min(&m);
-    for (ch, ((ca, cb), cc)) in a
+    Columns { points, g, g2 }
+}
+
+fn columns(lat: &Lattice) -> &'static Columns {
+    static C: [OnceLock<Columns>; 6] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    if lat.signed {
+        return C[5].get_or_init(|| {
+            columns_of(
+                8,
+                |p, i| f32::from(((IQ1S_GRID[p] >> (8 * i)) & 0xff) as u8 as i8),
+                2048,
+            )
+        });
+    }
+    let grid = (lat.grid)();
+    let slot = [
+        iq2xxs_grid(),
+        iq2xs_grid(),
+        iq2s_grid(),
+        iq3xxs_grid(),
+        iq3s_grid(),
+    ]
+    .iter()
+    .position(|g| std::ptr::eq(g.as_ptr(), grid.as_ptr()))
+    .expect("a lattice grid");
+    C[slot].get_or_init(|| {
+        let w = lat.width;
+        columns_of(w, |p, i| grid[p * w + i], grid.len() / w)
+    })
+}
+
+/// Points per block of the vectorised sums (every grid size is a multiple).
+const BLOCK: usize = 16;
+/// Lane count of the vectorised folds (fixed, so results do not depend on the target).
+const LANES: usize = 8;
+
+/// `Σ wa·g` and `Σ ws·g²` over a cell's coordinates for the points `p0..p0 + BLOCK`, and
+/// a third sum by `MODE`: 1 `Σ ws·g` (IQ1's shift), 2 `min wa·g` (the flip), 0 nothing.
+#[inline(always)]
+fn block_sums<const MODE: u8>(
+    cols: &Columns,
+    p0: usize,
+    wa: &[f32],
+    ws: &[f32],
+) -> ([f32; BLOCK], [f32; BLOCK], [f32; BLOCK]) {
+    let np = cols.points;
+    let mut sa = [0f32; BLOCK];
+    let mut sb = [0f32; BLOCK];
+    let mut s3 = [if MODE == 2 { f32::INFINITY } else { 0.0 }; BLOCK];
+    for (i, (&wai, &wsi)) in wa.iter().zip(ws).enumerate() {
+        let g = &cols.g[i * np + p0..i * np + p0 + BLOCK];
+        let g2 = &cols.g2[i * np + p0..i * np + p0 + BLOCK];
+        for k in 0..BLOCK {
+            let v = wai * g[k];
+            sa[k] += v;
+            sb[k] += wsi * g2[k];
+            if MODE == 1 {
+                s3[k] += wsi * g[k];
+            } else if MODE == 2 {
+                s3[k] = if v < s3[k] { v } else { s3[k] };
+            }
+        }
+    }
+    (sa, sb, s3)
+}
+
+/// The lower envelopes of every cell of a super-block. For a cell and a scale `t > 0`
+/// the best point minimises `t·(t·B − 2A)`: over `t` these are lines, and only those on
+/// their lower envelope can ever win, typically a dozen of the 256-4096 points. Each cell
+/// keeps its envelope per half of the grid (IQ1's two shifts; one half otherwise) and,
+/// when its group has an odd number of negatives, a second one for the flipped cost
+/// `t·(t·B − 2(A − 2C))`. A query scans the few lines of an envelope.
+struct Hulls {
+    lines: Vec<Line>,
+    /// `lines[off[k]..off[k + 1]]` is envelope `k = (cell·halves + half)·2 + flipped`.
+    off: Vec<u32>,
+    halves: usize,
+}
+
+/// `(A − Pa)(Qb − Pb) − (Qa − Pa)(B − Pb)`: positive when point `(B, A)` lies above the
+/// chord from `P` to `Q` (`Pb < Qb`), proportional to its distance from it.
+#[inline(always)]
+fn above(a: f32, b: f32, p: (f64, f64), q: (f64, f64)) -> f64 {
+    (f64::from(a) - p.0) * (q.1 - p.1) - (q.0 - p.0) * (f64::from(b) - p.1)
+}
+
+/// Quickhull on the points `s` (indices into `a`, `b`), all above the chord from point
+/// `p` to point `q`: pushes the chain's points strictly between them to `out`, from `p`'s
+/// side. `s` is reordered.
+fn chain(a: &[f32], b: &[f32], s: &mut [u32], p: usize, q: usize, out: &mut Vec<u32>) {
+    if s.is_empty() {
+        return;
+    }
+    let pt = |i: usize| (f64::from(a[i]), f64::from(b[i]));
+    let (pp, pq) = (pt(p), pt(q));
+    let mut far = (f64::NEG_INFINITY, 0usize);
+    for (k, &i) in s.iter().enumerate() {
+        let v = above(a[i as usize], b[i as usize], pp, pq);
+        if v > far.0 {
+            far = (v, k);
+        }
+    }
+    let f = s[far.1] as usize;
+    let pf = pt(f);
+    // The points above p→f to the front, then those above f→q; the rest are inside.
+    let mut n1 = 0;
+    for k in 0..s.len() {
+        let i = s[k] as usize;
+        if above(a[i], b[i], pp, pf) > 0.0 {
+            s.swap(n1, k);
+            n1 += 1;
+        }
+    }
+    let mut n2 = n1;
+    for k in n1..s.len() {
+        let i = s[k] as usize;
+        if above(a[i], b[i], pf, pq) > 0.0 {
+            s.swap(n2, k);
+            n2 += 1;
+        }
+    }
+    let (s1, rest) = s.split_at_mut(n1);
+    chain(a, b, s1, p, f, out);
+    out.push(f as u32);
+    chain(a, b, &mut rest[..n2 - n1], f, q, out);
+}
+
+/// Lower envelope of the lines `B·t − 2A` (`t > 0`) of `n` points (sums in `a`, `b`, `c`;
+/// point indices offset by `first`): the upper-left convex chain of the points `(B, A)`,
+/// from the smallest B (winner as t → ∞; ties: largest A) to the largest A (winner as
+/// t → 0; ties: smallest B), found by quickhull. `ext`: the extremes of `a`, `b`;
+/// `scratch` is reused.
+#[inline(always)]
+fn envelope(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    first: usize,
+    ext: &Extremes,
+    scratch: &mut Scratch,
+    out: &mut Vec<Line>,
+) {
+    let n = a.len();
+    // The first points at the extremes (folded while the sums were made). A tie on A (or
+    // B) with a worse B (or A) only adds a line that never wins alone.
+    let (amax, bmin, aabs, bmax) = ext.finish();
+    let hi = first_where(&a[..n], |v| v == amax);
+    let lo = first_where(&b[..n], |v| v == bmin);
+    let line = |p: usize| Line {
+        point: (first + p) as u16,
+        a: a[p],
+        b: b[p],
+        c: c[p],
+    };
+    out.push(line(lo));
+    if hi == lo {
+        return;
+    }
+    // Two rounds of quickhull in f32 over all points, vectorised: the point farthest
+    // above the chord lo→hi, then the farthest above each of the two new chords. Then the
+    // points above any of the (up to four) chords, by an f32 test with a margin, and the
+    // rest of the chain found per chord in f64. A point the f32 rounding keeps needlessly
+    // (or a polygon vertex slightly inside the true chain) only adds a line that never
+    // wins alone.
+    let mut poly = [0usize; MAX_EDGES + 1];
+    poly[0] = lo;
+    poly[1] = hi;
+    let mut len = 2;
+    let dist =
+        |(pa, pb, da, db): (f32, f32, f32, f32), a: f32, b: f32| (a - pa) * db - da * (b - pb);
+    for _ in 0..if n >= 2048 { 1 } else { 2 } {
+        let edges = len - 1;
+        let mut ec = [(0f32, 0f32, 0f32, 0f32); MAX_EDGES];
+        for e in 0..edges {
+            let (p, q) = (poly[e], poly[e + 1]);
+            ec[e] = (a[p], b[p], a[q] - a[p], b[q] - b[p]);
+        }
+        let mut fmax = [[0f32; LANES]; MAX_EDGES];
+        for (ca, cb) in a[..n].chunks_exact(LANES).zip(b[..n].chunks_exact(LANES)) {
+            for (m, &c) in fmax.iter_mut().zip(&ec).take(edges) {
+                for k in 0..LANES {
+                    let d = dist(c, ca[k], cb[k]);
+                    m[k] = if d > m[k] { d } else { m[k] };
+                }
+            }
+        }
+        let mut next = [0usize; MAX_EDGES + 1];
+        let mut nl = 0;
+        for e in 0..edges {
+            next[nl] = poly[e];
+            nl += 1;
+            let best = fmax[e].iter().copied().fold(0f32, f32::max);
+            if best > 0.0 {
+                let f = first_pair(&a[..n], &b[..n], |a, b| dist(ec[e], a, b) == best);
+                if f != poly[e] && f != poly[e + 1] {
+                    next[nl] = f;
+                    nl += 1;
+                }
+            }
+        }
+        next[nl] = poly[len - 1];
+        nl += 1;
+        if nl == len {
+            break;
+        }
+        poly = next;
+        len = nl;
+    }
+    let edges = len - 1;
+    // Point (A, B) is above the chord p→q when A·dB − dA·B > pA·dB − dA·pB; the margin
+    // covers the f32 rounding of both sides (|A| ≤ aabs, 0 ≤ B ≤ bmax).
+    let mut ec = [(0f32, 0f32, 0f32); MAX_EDGES];
+    for e in 0..edges {
+        let (p, q) = (poly[e], poly[e + 1]);
+        let (da, db) = (a[q] - a[p], b[q] - b[p]);
+        let tol = 1e-5 * (aabs * db.abs() + da.abs() * bmax);
+        ec[e] = (db, da, a[p] * db - da * b[p] - tol);
+    }
+    for list in scratch.0.iter_mut() {
+        list.clear();
+    }
+    for (ch, (ca, cb)) in a[..n]
         .chunks_exact(LANES)
-        .zip(b.chunks_exact(LANES))
-        .zip(c.chunks_exact(LANES))
+        .zip(b[..n].chunks_exact(LANES))
         .enumerate()
     {
-        let mut hit = 0u32;
-        for k in 0..LANES {
-            hit |= u32::from(cost(ca[k], cb[k], cc[k]) == v) << k;
+        // Most chunks have no point above any chord: a vectorised test first.
+        let above = |k: usize, (db, da, rhs): (f32, f32, f32)| ca[k] * db - da * cb[k] - rhs;
+        let keep = |k: usize, e: (f32, f32, f32)| above(k, e) > 0.0;
+        let mut m = [f32::NEG_INFINITY; LANES];
+        for &c in &ec[..edges] {
+            for (k, mk) in m.iter_mut().enumerate() {
+                let v = above(k, c);
+                *mk = if v > *mk { v } else { *mk };
+            }
         }
-        if hit != 0 {
-            return ch * LANES + hit.trailing_zeros() as usize;
+        if m.iter().all(|&v| v <= 0.0) {
+            continue;
+        }
+        for (e, list) in scratch.0.iter_mut().enumerate().take(edges) {
+            let mut mask = 0u32;
+            for k in 0..LANES {
+                mask |= u32::from(keep(k, ec[e])) << k;
+            }
+            while mask != 0 {
+                let p = ch * LANES + mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if p != poly[e] && p != poly[e + 1] {
+                    list.push(p as u32);
+                }
+            }
+        }
+    }
+    let idx = &mut scratch.1;
+    idx.clear();
+    for e in 0..edges {
+        if e > 0 {
+            idx.push(poly[e] as u32);
+        }
+        chain(a, b, &mut scratch.0[e], poly[e], poly[e + 1], idx);
+    }
+    out.extend(idx.iter().map(|&p| line(p as usize)));
+    out.push(line(hi));
+}
+
+/// Per-lane extremes of the sums of a set of points: the largest A, the smallest B, the
+/// largest |A| and the largest B (vectorised folds, fed a block at a time).
+#[derive(Clone, Copy)]
+struct Extremes {
+    amax: [f32; LANES],
+    bmin: [f32; LANES],
+    aabs: [f32; LANES],
+    bmax: [f32; LANES],
+}
+
+impl Extremes {
+    fn new() -> Extremes {
+        Extremes {
+            amax: [f32::NEG_INFINITY; LANES],
+            bmin: [f32::INFINITY; LANES],
+            aabs: [0.0; LANES],
+            bmax: [0.0; LANES],
+        }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, a: &[f32], b: &[f32]) {
+        for (ca, cb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+            for k in 0..LANES {
+                self.amax[k] = if ca[k] > self.amax[k] {
+                    ca[k]
+                } else {
+                    self.amax[k]
+                };
+                self.bmin[k] = if cb[k] < self.bmin[k] {
+                    cb[k]
+                } else {
+                    self.bmin[k]
+                };
+                let m = ca[k].abs();
+                self.aabs[k] = if m > self.aabs[k] { m } else { self.aabs[k] };
+                self.bmax[k] = if cb[k] > self.bmax[k] {
+                    cb[k]
+                } else {
+                    self.bmax[k]
+                };
+            }
+        }
+    }
+
+    fn finish(&self) -> (f32, f32, f32, f32) {
+        let max = |v: &[f32; LANES]| v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let min = |v: &[f32; LANES]| v.iter().copied().fold(f32::INFINITY, f32::min);
+        (
+            max(&self.amax),
+            min(&self.bmin),
+            max(&self.aabs),
+            max(&self.bmax),
+        )
+    }
+}
+
+/// Chords of the f32 rounds of [`envelope`].
+const MAX_EDGES: usize = 4;
+
+/// The first index of `v` whose value passes `hit`, searched a chunk at a time (0 if none).
+#[inline(always)]
+fn first_where(v: &[f32], hit: impl Fn(f32) -> bool) -> usize {
+    for (ch, c) in v.chunks_exact(LANES).enumerate() {
+        let mut m = 0u32;
+        for (k, &v) in c.iter().enumerate() {
+            m |= u32::from(hit(v)) << k;
+        }
+        if m != 0 {
+            return ch * LANES + m.trailing_zeros() as usize;
         }
     }
     0
 }
 
-impl Tables {
-    /// Best point of `cell` among `points` at scale `t`: the cost `t·(t·B − 2A)`, and
-    /// (when `flip`) the best with the group's forced flip, cost plus `4t·C` (first
-    /// minimum on ties). Without `flip` the flipped choice is the plain one.
-    fn best(&self, cell: usize, t: f32, points: std::ops::Range<usize>, flip: bool) -> CellBest {
-        let base = cell * self.n_points;
-        let r = base + points.start..base + points.end;
-        let (a, b, c) = (&self.a[r.clone()], &self.b[r.clone()], &self.c[r]);
-        let four_t = 4.0 * t;
-        let cost = |a: f32, b: f32| t * (t * b - 2.0 * a);
-        let line = |p: usize| Line {
-            point: (points.start + p) as u16,
-            a: a[p],
-            b: b[p],
-            c: c[p],
+/// [`first_where`] over pairs `(a[p], b[p])`.
+#[inline(always)]
+fn first_pair(a: &[f32], b: &[f32], hit: impl Fn(f32, f32) -> bool) -> usize {
+    for (ch, (ca, cb)) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)).enumerate() {
+        let mut m = 0u32;
+        for k in 0..LANES {
+            m |= u32::from(hit(ca[k], cb[k])) << k;
+        }
+        if m != 0 {
+            return ch * LANES + m.trailing_zeros() as usize;
+        }
+    }
+    0
+}
+
+/// Buffers of [`envelope`].
+type Scratch = ([Vec<u32>; MAX_EDGES], Vec<u32>);
+
+impl Hulls {
+    fn range(&self, cell: usize, half: usize, flipped: bool) -> &[Line] {
+        let k = (cell * self.halves + half) * 2 + usize::from(flipped);
+        &self.lines[self.off[k] as usize..self.off[k + 1] as usize]
+    }
+
+    /// Best point of `cell` at scale `t` from grid half `half` (both halves when `None`):
+    /// the cost `t·(t·B − 2A)`, and (when `flip`) the best with the group's forced flip,
+    /// cost plus `4t·C` (ties: the lower point). Without `flip` the flipped choice is the
+    /// plain one.
+    fn best(&self, cell: usize, t: f32, half: Option<usize>, flip: bool) -> CellBest {
+        let (h0, h1) = match half {
+            Some(h) => (h, h + 1),
+            None => (0, self.halves),
         };
-        let ip = argmin(a, b, c, |a, b, _| cost(a, b));
-        let plain = (line(ip), cost(a[ip], b[ip]));
-        let flipped = if flip {
-            let jf = argmin(a, b, c, |a, b, c| cost(a, b) + four_t * c);
-            (line(jf), cost(a[jf], b[jf]) + four_t * c[jf])
-        } else {
-            plain
+        let pick = |flipped: bool| {
+            let k0 = (cell * self.halves + h0) * 2 + usize::from(flipped);
+            let first = self.lines[self.off[k0] as usize];
+            let mut best = (first, f32::INFINITY);
+            let four_t = if flipped { 4.0 * t } else { 0.0 };
+            for h in h0..h1 {
+                for &l in self.range(cell, h, flipped) {
+                    let mut e = t * (t * l.b - 2.0 * l.a);
+                    if flipped {
+                        e += four_t * l.c;
+                    }
+                    if e < best.1 || (e == best.1 && l.point < best.0.point) {
+                        best = (l, e);
+                    }
+                }
+            }
+            best
         };
+        let plain = pick(false);
+        let flipped = if flip { pick(true) } else { plain };
         CellBest { plain, flipped }
     }
 }
@@ -337,58 +683,149 @@ const SCAN_HI: f32 = 2.0;
 const SCAN_STEP: f32 = 1.12;
 
 /// A super-block with its signs folded: `odd[g]` when group `g` has an odd number of
-/// negative elements; the sums of every cell and point.
+/// negative elements; the envelopes of every cell.
 struct Folded<'a> {
     x: &'a [f32],
     w: &'a [f32],
     odd: [bool; QK_K / GROUP],
-    tables: Tables,
+    hulls: Hulls,
 }
 
 impl<'a> Folded<'a> {
+    /// The same arithmetic (no FMA) with AVX2 where the CPU has it: the sums and
+    /// envelopes are bit for bit those of the baseline build, only faster.
     fn new(lat: &Lattice, x: &'a [f32], w: &'a [f32]) -> Folded<'a> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { Self::new_avx2(lat, x, w) };
+        }
+        Self::build(lat, x, w)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn new_avx2(lat: &Lattice, x: &'a [f32], w: &'a [f32]) -> Folded<'a> {
+        Self::build(lat, x, w)
+    }
+
+    #[inline(always)]
+    fn build(lat: &Lattice, x: &'a [f32], w: &'a [f32]) -> Folded<'a> {
         let mut odd = [false; QK_K / GROUP];
         for (g, xs) in x.chunks_exact(GROUP).enumerate() {
             odd[g] = lat.parity && xs.iter().filter(|&&v| v < 0.0).count() % 2 == 1;
         }
-        let np = lat.points();
-        let cells = QK_K / lat.width;
-        let mut tables = Tables {
-            n_points: np,
-            a: vec![0f32; cells * np],
-            b: vec![0f32; cells * np],
-            c: vec![0f32; cells * np],
+        let cols = columns(lat);
+        let np = cols.points;
+        let width = lat.width;
+        let cells = QK_K / width;
+        let halves = if lat.signed { 2 } else { 1 };
+        let per_half = np; // IQ1: each half is the 2048 base points, shifted
+        let mut a = vec![0f32; halves * per_half];
+        let mut b = vec![0f32; halves * per_half];
+        let mut c = vec![0f32; halves * per_half];
+        let mut hulls = Hulls {
+            lines: Vec::with_capacity(cells * halves * 32),
+            off: Vec::with_capacity(cells * halves * 2 + 1),
+            halves,
         };
-        let grid = (lat.grid)();
+        hulls.off.push(0);
+        let mut scratch: Scratch = Default::default();
+        let mut flip_a = vec![0f32; np];
         let mut wa = [0f32; 8];
+        let mut ws = [0f32; 8];
         for cell in 0..cells {
-            let r = cell * lat.width..(cell + 1) * lat.width;
-            for ((o, &v), &wi) in wa.iter_mut().zip(&x[r.clone()]).zip(&w[r.clone()]) {
-                *o = wi * if lat.signed { v } else { v.abs() };
+            let r = cell * width..(cell + 1) * width;
+            for i in 0..width {
+                let v = x[r.start + i];
+                ws[i] = w[r.start + i];
+                wa[i] = ws[i] * if lat.signed { v } else { v.abs() };
             }
-            let ws = &w[r];
-            let base = cell * np;
-            let (ta, tb, tc) = (
-                &mut tables.a[base..base + np],
-                &mut tables.b[base..base + np],
-                &mut tables.c[base..base + np],
-            );
-            for (p, g) in grid.chunks_exact(lat.width).enumerate() {
-                let (mut sa, mut sb, mut mc) = (0f32, 0f32, f32::INFINITY);
-                for i in 0..lat.width {
-                    let v = wa[i] * g[i];
-                    sa += v;
-                    sb += ws[i] * g[i] * g[i];
-                    mc = if v < mc { v } else { mc };
+            let need_c = odd[cell * width / GROUP];
+            // Σ over the cell's coordinates, in blocks of points (vectorised across points),
+            // folding the extremes of each half on the way.
+            let mut ext = [Extremes::new(); 2];
+            if lat.signed {
+                // Point g ± 1/8 from the sums of g: A ± δ·Σw·x and B ± 2δ·Σw·g + δ²·Σw
+                // (the first half is the +1/8 shift, as in `iq1_grid`).
+                let (mut sx, mut sw) = (0f32, 0f32);
+                for (&wai, &wsi) in wa.iter().zip(&ws).take(width) {
+                    sx += wai;
+                    sw += wsi;
                 }
-                ta[p] = sa;
-                tb[p] = sb;
-                tc[p] = mc;
+                let d = IQ1_DELTA;
+                for p0 in (0..np).step_by(BLOCK) {
+                    let (sa, sb, sg) = block_sums::<1>(cols, p0, &wa[..width], &ws[..width]);
+                    let mut h = [[0f32; BLOCK]; 4];
+                    for k in 0..BLOCK {
+                        h[0][k] = sa[k] + d * sx;
+                        h[1][k] = sb[k] + 2.0 * d * sg[k] + d * d * sw;
+                        h[2][k] = sa[k] - d * sx;
+                        h[3][k] = sb[k] - 2.0 * d * sg[k] + d * d * sw;
+                    }
+                    ext[0].add(&h[0], &h[1]);
+                    ext[1].add(&h[2], &h[3]);
+                    a[p0..p0 + BLOCK].copy_from_slice(&h[0]);
+                    b[p0..p0 + BLOCK].copy_from_slice(&h[1]);
+                    a[np + p0..np + p0 + BLOCK].copy_from_slice(&h[2]);
+                    b[np + p0..np + p0 + BLOCK].copy_from_slice(&h[3]);
+                }
+            } else if need_c {
+                for p0 in (0..np).step_by(BLOCK) {
+                    let (sa, sb, mc) = block_sums::<2>(cols, p0, &wa[..width], &ws[..width]);
+                    ext[0].add(&sa, &sb);
+                    let mut af = [0f32; BLOCK];
+                    for k in 0..BLOCK {
+                        af[k] = sa[k] - 2.0 * mc[k];
+                    }
+                    ext[1].add(&af, &sb);
+                    a[p0..p0 + BLOCK].copy_from_slice(&sa);
+                    b[p0..p0 + BLOCK].copy_from_slice(&sb);
+                    c[p0..p0 + BLOCK].copy_from_slice(&mc);
+                    flip_a[p0..p0 + BLOCK].copy_from_slice(&af);
+                }
+            } else {
+                for p0 in (0..np).step_by(BLOCK) {
+                    let (sa, sb, _) = block_sums::<0>(cols, p0, &wa[..width], &ws[..width]);
+                    ext[0].add(&sa, &sb);
+                    a[p0..p0 + BLOCK].copy_from_slice(&sa);
+                    b[p0..p0 + BLOCK].copy_from_slice(&sb);
+                }
+            }
+            for h in 0..halves {
+                let s = h * np..(h + 1) * np;
+                envelope(
+                    &a[s.clone()],
+                    &b[s.clone()],
+                    &c[s.clone()],
+                    h * np,
+                    &ext[h],
+                    &mut scratch,
+                    &mut hulls.lines,
+                );
+                hulls.off.push(hulls.lines.len() as u32);
+                if need_c {
+                    // Parity types have one half: the flipped sums are A − 2C.
+                    let from = hulls.lines.len();
+                    envelope(
+                        &flip_a,
+                        &b[s.clone()],
+                        &c[s.clone()],
+                        h * np,
+                        &ext[1],
+                        &mut scratch,
+                        &mut hulls.lines,
+                    );
+                    // Keep the true A in the lines (the cost adds 4t·C itself).
+                    for l in &mut hulls.lines[from..] {
+                        l.a = a[usize::from(l.point)];
+                    }
+                }
+                hulls.off.push(hulls.lines.len() as u32);
             }
         }
-        Folded { x, w, odd, tables }
+        Folded { x, w, odd, hulls }
     }
-
     /// Σ w·x² over `range`.
     fn energy(&self, range: std::ops::Range<usize>) -> f64 {
         self.x[range.clone()]
@@ -423,17 +860,16 @@ fn solve_groups(
     scale: f32,
     out: &mut [Choice],
 ) -> (f64, f64, f64) {
-    let n = f.tables.n_points;
     if !lat.shared_shift {
-        return solve_in(lat, f, groups, scale, 0..n, out);
+        return solve_in(lat, f, groups, scale, None, out);
     }
     // One shift for the whole range (a sub-block): the better half.
     let per = GROUP / lat.width;
     let cells = groups.start * per..groups.end * per;
-    let first = solve_in(lat, f, groups.clone(), scale, 0..n / 2, out);
+    let first = solve_in(lat, f, groups.clone(), scale, Some(0), out);
     let mut keep = [out[0]; 8];
     keep[..cells.len()].copy_from_slice(&out[cells.clone()]);
-    let second = solve_in(lat, f, groups, scale, n / 2..n, out);
+    let second = solve_in(lat, f, groups, scale, Some(1), out);
     if first.0 <= second.0 {
         out[cells.clone()].copy_from_slice(&keep[..cells.len()]);
         first
@@ -442,13 +878,13 @@ fn solve_groups(
     }
 }
 
-/// [`solve_groups`] with every cell's point taken from `points`.
+/// [`solve_groups`] with every cell's point taken from grid half `half` (all if `None`).
 fn solve_in(
     lat: &Lattice,
     f: &Folded,
     groups: std::ops::Range<usize>,
     scale: f32,
-    points: std::ops::Range<usize>,
+    half: Option<usize>,
     out: &mut [Choice],
 ) -> (f64, f64, f64) {
     let per = GROUP / lat.width;
@@ -456,7 +892,7 @@ fn solve_in(
     let mut cells = [None; 2];
     for g in groups {
         for (k, c) in cells.iter_mut().enumerate().take(per) {
-            *c = Some(f.tables.best(g * per + k, scale, points.clone(), f.odd[g]));
+            *c = Some(f.hulls.best(g * per + k, scale, half, f.odd[g]));
         }
         // Which cell (if any) carries the flip: the one where it costs least.
         let flip_cell = if f.odd[g] {
@@ -1021,6 +1457,68 @@ pub(crate) fn dequantize_iq1_m(b: &[u8], y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gaussian_block(seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut state = seed;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64).max(1e-12)
+        };
+        let mut gauss = || (-2.0 * rnd().ln()).sqrt() * (std::f64::consts::TAU * rnd()).cos();
+        let x = (0..256).map(|_| (0.02 * gauss()) as f32).collect();
+        let w = (0..256).map(|_| (1.5 * gauss()).exp() as f32).collect();
+        (x, w)
+    }
+
+    /// The envelopes give, at any scale, the cost of the exhaustive search over every
+    /// grid point (to rounding), for both the plain and the flipped cost.
+    #[test]
+    fn envelopes_match_the_exhaustive_search() {
+        for lat in [&IQ2_XXS, &IQ2_XS, &IQ2_S, &IQ3_XXS, &IQ3_S, &IQ1_S, &IQ1_M] {
+            let grid = (lat.grid)();
+            for seed in 0..4 {
+                let (x, w) = gaussian_block(seed);
+                let f = Folded::new(lat, &x, &w);
+                for cell in 0..QK_K / lat.width {
+                    let r = cell * lat.width..(cell + 1) * lat.width;
+                    let flip = f.odd[cell * lat.width / GROUP];
+                    for t in [1e-4f32, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 3e-2] {
+                        let (mut plain, mut flipped) = (f32::INFINITY, f32::INFINITY);
+                        // The size of the terms, for the rounding tolerance.
+                        let mut size = 0f32;
+                        for g in grid.chunks_exact(lat.width) {
+                            let (mut a, mut b, mut c) = (0f32, 0f32, f32::INFINITY);
+                            for ((&xi, &wi), &gi) in x[r.clone()].iter().zip(&w[r.clone()]).zip(g) {
+                                let v = wi * if lat.signed { xi } else { xi.abs() } * gi;
+                                a += v;
+                                b += wi * gi * gi;
+                                c = c.min(v);
+                            }
+                            size = size.max(t * (t * b + 2.0 * a.abs() + 4.0 * c.abs()));
+                            plain = plain.min(t * (t * b - 2.0 * a));
+                            flipped = flipped.min(t * (t * b - 2.0 * a) + 4.0 * t * c);
+                        }
+                        let got = f.hulls.best(cell, t, None, flip);
+                        let tol = |_: f32| 1e-5 * size;
+                        assert!(
+                            got.plain.1 <= plain + tol(plain),
+                            "plain {} > {plain}",
+                            got.plain.1
+                        );
+                        if flip {
+                            assert!(
+                                got.flipped.1 <= flipped + tol(flipped),
+                                "flipped {} > {flipped}",
+                                got.flipped.1
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn grids_have_ggml_shapes_and_values() {
