@@ -73,8 +73,12 @@ def main():
        "--chunks", a.eval_chunks, "-t", 2, "-fa", "off")
     rows = []
     for (who, t), path in sorted(files.items(), key=lambda kv: (TYPES.index(kv[0][1]), kv[0][0])):
-        out = sh(a.tools / "llama-perplexity", "-m", path, "--kl-divergence-base", base, "--kl-divergence",
-                 "-c", a.ctx, "--chunks", a.eval_chunks, "-t", 2, "-fa", "off")
+        # llama.cpp's threaded logger now and then loses the tail of its output at exit.
+        for _ in range(4):
+            out = sh(a.tools / "llama-perplexity", "-m", path, "--kl-divergence-base", base, "--kl-divergence",
+                     "-c", a.ctx, "--chunks", a.eval_chunks, "-t", 2, "-fa", "off")
+            if "Same top p:" in out:
+                break
         grab = lambda label: float(re.search(label + r"\s*:?\s*([-0-9.e+]+)", out).group(1))  # noqa: E731
         rows.append({"model": name, "quantizer": who, "type": t, "file_bytes": path.stat().st_size,
                      "tensor_bytes": tensor_bytes(path), "ppl": grab(r"Mean PPL\(Q\)"),

@@ -34,8 +34,12 @@ def sh(*args, **kw):
 
 
 def llama_kld(tools, model, base, ctx, chunks):
-    out = sh(tools / "llama-perplexity", "-m", model, "--kl-divergence-base", base,
-             "--kl-divergence", "-c", ctx, "--chunks", chunks, "-t", 2, "-fa", "off")
+    # llama.cpp's threaded logger now and then loses the tail of its output at exit.
+    for _ in range(4):
+        out = sh(tools / "llama-perplexity", "-m", model, "--kl-divergence-base", base,
+                 "--kl-divergence", "-c", ctx, "--chunks", chunks, "-t", 2, "-fa", "off")
+        if "Same top p:" in out:
+            break
     def grab(label):
         m = re.search(label + r"\s*:?\s*([-0-9.e+]+)", out)
         return float(m.group(1)) if m else None
