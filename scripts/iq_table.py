@@ -49,24 +49,30 @@ def main():
     ap.add_argument("--calib-chunks", type=int, default=64)
     ap.add_argument("--eval-chunks", type=int, default=40)
     ap.add_argument("--bin", type=Path, default=REPO / "target" / "release" / "llama-pajamas-quant")
+    ap.add_argument("--reuse", action="store_true", help="keep the F16, imatrix and files already in --work")
     a = ap.parse_args()
     w, name, B = a.work, a.model.name, a.bin
     w.mkdir(parents=True, exist_ok=True)
-    sh(B, "quantize", "llm", "--model", a.model, "--gguf-precision", "F16", "--output", w / "f16", "--force")
+    done = lambda p: a.reuse and Path(p).exists()  # noqa: E731
     f16 = w / "f16" / "gguf" / "F16" / f"{name}-F16.gguf"
+    if not done(f16):
+        sh(B, "quantize", "llm", "--model", a.model, "--gguf-precision", "F16", "--output", w / "f16", "--force")
     im = w / "ours.imatrix.gguf"
-    sh(B, "imatrix", "--model", f16, "--calibration", CALIB, "--output", im, "--ctx", a.ctx,
-       "--chunks", a.calib_chunks, "--force")
+    if not done(im):
+        sh(B, "imatrix", "--model", f16, "--calibration", CALIB, "--output", im, "--ctx", a.ctx,
+           "--chunks", a.calib_chunks, "--force")
     files = {}
     for rules in ["llama.cpp", "architecture-aware"]:
         out = w / f"ours-{rules}"
-        sh(B, "quantize", "llm", "--model", a.model, "--gguf-precision", ",".join(TYPES), "--rules", rules,
-           "--imatrix", im, "--output", out, "--force")
+        if not done(out / "manifest.json"):
+            sh(B, "quantize", "llm", "--model", a.model, "--gguf-precision", ",".join(TYPES), "--rules", rules,
+               "--imatrix", im, "--output", out, "--force")
         for t in TYPES:
             files[(f"ours ({rules} rules)", t)] = out / "gguf" / t / f"{name}-{t}.gguf"
     for t in TYPES:
         theirs = w / f"llama-quantize-{t}.gguf"
-        sh(a.tools / "llama-quantize", "--imatrix", im, f16, theirs, t)
+        if not done(theirs):
+            sh(a.tools / "llama-quantize", "--imatrix", im, f16, theirs, t)
         files[("llama-quantize", t)] = theirs
     base = w / "base.kld"
     sh(a.tools / "llama-perplexity", "-m", f16, "-f", EVAL, "--kl-divergence-base", base, "-c", a.ctx,
