@@ -18,7 +18,9 @@ Each is converted by our binary to F32, F16, Q8_0 and Q4_K_M. Checked:
     forward pass written here from the transformers model definitions (sequential
     Mamba-2 recurrence, not transformers' chunked scan), which is itself checked against
     transformers' logits. The trained model has no reference file; its logits on real
-    text are compared with the numpy pass.
+    text are compared with the numpy pass;
+  - MLX output for Granite 4.0-H (mlx-lm's granitemoehybrid): byte for byte what
+    mlx_lm.convert writes, and mlx_lm.load runs it.
 
 Nemotron-H: transformers 5 clamps the SSM time step from below at `time_step_min`
 (NemotronHMamba2Mixer: `time_step_limit = (time_step_min, inf)`); llama.cpp has no such
@@ -508,3 +510,50 @@ def tiny_hybrid_ids(path):
         return llm.tokenize(text.encode(), add_bos=False)[:64]
     finally:
         llm.close()
+
+
+# ---------------------------------------------------------------- MLX output (Granite 4.0-H)
+
+MLX_CASES = ["granitemoehybrid", "granitemoehybrid-dense", "tiny-hybrid"]
+
+
+def quantize_mlx(case, out, *args):
+    r = json.loads(run("quantize", "llm", "--model", folder(case), "--formats", "mlx", *args,
+                       "--output", out, "--json").stdout)
+    return out / r["outputs"][0]["path"]
+
+
+@pytest.mark.parametrize("case", MLX_CASES)
+def test_mlx_same_bytes_as_mlx_lm_convert(case, tmp_path):
+    """mlx-lm's granitemoehybrid layout: experts split into switch_mlp.{gate,up,down}_proj
+    (dense models: shared_mlp -> mlp.{gate,up,down}_proj), conv1d as [C, K, 1], routers
+    at 8 bits group 64: byte for byte what mlx_lm.convert writes, config.json included."""
+    from mlx_lm.convert import convert
+    from test_mlx_load import assert_same_checkpoint
+    group = 64 if case == "tiny-hybrid" else 32
+    ours = quantize_mlx(case, tmp_path / "ours", "--mlx-bits", 4, "--mlx-group-size", group, "--mlx-uniform")
+    ref = tmp_path / "ref"
+    convert(str(folder(case)), str(ref), quantize=True, q_bits=4, q_group_size=group)
+    assert_same_checkpoint(ours, ref, recipe=False)
+
+
+@pytest.mark.parametrize("case", MLX_CASES)
+def test_mlx_loads_and_follows_the_reference(converted, case, tmp_path):
+    """mlx_lm.load reads our 8-bit output; its logits follow the numpy pass (transformers'
+    function; mlx-lm clamps the time step into [0.001, 100] by default, transformers'
+    Granite does not, so this is a closeness bar, not an equality)."""
+    import mlx.core as mx
+    from mlx_lm import load
+    out = quantize_mlx(case, tmp_path / "out", "--mlx-bits", 8, "--mlx-group-size", 32, "--mlx-uniform")
+    model, _ = load(str(out))
+    if case in WITH_REFERENCE:
+        ids = json.loads((folder(case) / "reference_ids.json").read_text())
+    else:
+        ids = tiny_hybrid_ids(converted(case)["F16"])
+    got = np.array(model(mx.array([ids])).astype(mx.float32))[0]
+    want = numpy_logits(case, ids)
+    argmax = float(np.mean(got.argmax(1) == want.argmax(1)))
+    corr = float(np.corrcoef(got.ravel(), want.ravel())[0, 1])
+    print(f"\n{case} MLX 8-bit: argmax {argmax:.1%}, corr {corr:.5f}")
+    # tiny-hybrid's model dtype is bfloat16, which mlx-lm computes in.
+    assert argmax >= (0.8 if case == "tiny-hybrid" else 0.9) and corr > 0.99
