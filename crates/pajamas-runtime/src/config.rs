@@ -18,6 +18,10 @@ pub enum Family {
     /// Gemma 3: scaled embeddings, `(1 + w)` norms, sandwich norms around attention and
     /// MLP, GeGLU (tanh GELU), per-head q/k norm, interleaved local/global layers.
     Gemma3,
+    /// IBM Granite 4.0-H (`granitemoehybrid`) without experts: Mamba-2 and attention
+    /// layers (no positional encoding), a dense SwiGLU `shared_mlp` after each mixer,
+    /// Granite's multipliers. See [`HybridConfig`].
+    GraniteHybrid,
 }
 
 impl Family {
@@ -27,6 +31,7 @@ impl Family {
             "qwen2" | "qwen2_moe" => Family::Qwen2,
             "qwen3" | "qwen3_moe" => Family::Qwen3,
             "gemma3" | "gemma3_text" => Family::Gemma3,
+            "granitemoehybrid" => Family::GraniteHybrid,
             _ => return None,
         })
     }
@@ -70,6 +75,98 @@ pub struct MoeConfig {
     pub shared_ffn: Option<usize>,
 }
 
+/// The Mamba-2 layers and multipliers of a hybrid model (Granite 4.0-H).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HybridConfig {
+    /// Per layer: a Mamba-2 mixer (true) or attention (false).
+    pub mamba_layers: Vec<bool>,
+    pub ssm_heads: usize,
+    pub ssm_head_dim: usize,
+    pub ssm_state: usize,
+    pub ssm_groups: usize,
+    pub conv_kernel: usize,
+    /// The embeddings are multiplied by this.
+    pub embedding_multiplier: f32,
+    /// Each mixer and FFN output is multiplied by this before the residual add.
+    pub residual_multiplier: f32,
+    /// The logits are divided by this.
+    pub logits_scaling: f32,
+}
+
+impl HybridConfig {
+    /// `ssm_heads * ssm_head_dim`.
+    pub fn d_inner(&self) -> usize {
+        self.ssm_heads * self.ssm_head_dim
+    }
+
+    /// Channels of the causal conv: x, B and C.
+    pub fn conv_dim(&self) -> usize {
+        self.d_inner() + 2 * self.ssm_groups * self.ssm_state
+    }
+
+    /// Width of `in_proj`'s output: z, x, B, C and one dt per head.
+    pub fn d_in_proj(&self) -> usize {
+        self.d_inner() + self.conv_dim() + self.ssm_heads
+    }
+}
+
+/// Granite 4.0-H's hybrid block from an HF config.
+fn hf_granite_hybrid(cfg: &Value, n_layers: usize) -> Result<HybridConfig> {
+    if get_usize(cfg, "num_local_experts")?.unwrap_or(0) > 0 {
+        return Err(RuntimeError::Config(
+            "Granite 4.0-H with experts (num_local_experts > 0) is not supported by the runtime yet; the dense models (Granite 4.0-H Micro) are".into(),
+        ));
+    }
+    let pe = cfg
+        .get("position_embedding_type")
+        .and_then(Value::as_str)
+        .unwrap_or("rope");
+    if pe != "nope" {
+        return Err(RuntimeError::Config(format!(
+            "position_embedding_type {pe:?}: only Granite 4.0-H's attention without positions (\"nope\") is supported"
+        )));
+    }
+    let types = cfg
+        .get("layer_types")
+        .and_then(Value::as_array)
+        .ok_or_else(|| RuntimeError::Config("missing layer_types".into()))?;
+    if types.len() != n_layers {
+        return Err(RuntimeError::Config(format!(
+            "layer_types has {} entries for {n_layers} layers",
+            types.len()
+        )));
+    }
+    let mamba_layers = types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("mamba") | Some("linear_attention") => Ok(true),
+            Some("attention") | Some("full_attention") => Ok(false),
+            other => Err(RuntimeError::Config(format!(
+                "unknown layer type {other:?}"
+            ))),
+        })
+        .collect::<Result<Vec<bool>>>()?;
+    let mult = |k: &str| -> Result<f32> { Ok(get_f64(cfg, k)?.unwrap_or(1.0) as f32) };
+    let h = HybridConfig {
+        mamba_layers,
+        ssm_heads: need_usize(cfg, "mamba_n_heads")?,
+        ssm_head_dim: need_usize(cfg, "mamba_d_head")?,
+        ssm_state: need_usize(cfg, "mamba_d_state")?,
+        ssm_groups: get_usize(cfg, "mamba_n_groups")?.unwrap_or(1),
+        conv_kernel: get_usize(cfg, "mamba_d_conv")?.unwrap_or(4),
+        embedding_multiplier: mult("embedding_multiplier")?,
+        residual_multiplier: mult("residual_multiplier")?,
+        logits_scaling: mult("logits_scaling")?,
+    };
+    if h.ssm_groups == 0 || !h.ssm_heads.is_multiple_of(h.ssm_groups) {
+        return Err(RuntimeError::Config(format!(
+            "{} SSM heads cannot be grouped over {} groups",
+            h.ssm_heads, h.ssm_groups
+        )));
+    }
+    Ok(h)
+}
+
 /// Dense decoder hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -103,9 +200,12 @@ pub struct ModelConfig {
     pub final_logit_softcap: Option<f32>,
     /// Routed experts, for MoE models.
     pub moe: Option<MoeConfig>,
+    /// Mamba-2 layers and multipliers (Granite 4.0-H).
+    pub hybrid: Option<HybridConfig>,
 }
 
-const SUPPORTED: &str = "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3";
+const SUPPORTED: &str =
+    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3, granitemoehybrid (dense)";
 
 /// The MoE block of an HF config, `None` for dense models.
 fn hf_moe(cfg: &Value, model_type: &str) -> Result<Option<MoeConfig>> {
@@ -300,9 +400,26 @@ impl ModelConfig {
                 (None, vec![false; n_layers], None)
             }
         };
+        let hybrid = match family {
+            Family::GraniteHybrid => Some(hf_granite_hybrid(cfg, n_layers)?),
+            _ => None,
+        };
         let attn_scale = match (gemma, get_f64(cfg, "query_pre_attn_scalar")?) {
             (true, Some(s)) => (1.0 / s.sqrt()) as f32,
+            // Granite's scores are scaled by attention_multiplier, not 1/sqrt(head_dim).
+            _ if hybrid.is_some() => match get_f64(cfg, "attention_multiplier")? {
+                Some(m) => m as f32,
+                None => 1.0 / (head_dim as f32).sqrt(),
+            },
             _ => 1.0 / (head_dim as f32).sqrt(),
+        };
+        // Granite 4.0-H's FFN is the shared MLP.
+        let intermediate_size = match family {
+            Family::GraniteHybrid => match get_usize(cfg, "shared_intermediate_size")? {
+                Some(w) => w,
+                None => need_usize(cfg, "intermediate_size")?,
+            },
+            _ => need_usize(cfg, "intermediate_size")?,
         };
         if get_f64(cfg, "attn_logit_softcapping")?.is_some() {
             return Err(RuntimeError::Config(
@@ -316,7 +433,7 @@ impl ModelConfig {
             n_heads,
             n_kv_heads,
             head_dim,
-            intermediate_size: need_usize(cfg, "intermediate_size")?,
+            intermediate_size,
             n_layers,
             vocab_size: need_usize(cfg, "vocab_size")?,
             rms_norm_eps: get_f64(cfg, "rms_norm_eps")?.unwrap_or(1e-6) as f32,
@@ -331,6 +448,7 @@ impl ModelConfig {
             attn_scale,
             final_logit_softcap: get_f64(cfg, "final_logit_softcapping")?.map(|c| c as f32),
             moe: hf_moe(cfg, &model_type)?,
+            hybrid,
             model_type,
         })
     }
@@ -462,6 +580,7 @@ impl ModelConfig {
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             final_logit_softcap: float("final_logit_softcapping").map(|c| c as f32),
             moe,
+            hybrid: None,
         })
     }
 

@@ -7,6 +7,7 @@ use crate::act_quant::ActQuant;
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::hook::{LinearHook, LinearInput, NoHook};
+use crate::mamba::Mamba2;
 use crate::mlx_source::{is_mlx_dir, MlxSource};
 use crate::moe::MoeWeights;
 use crate::ops::{self, AttentionShape};
@@ -46,6 +47,32 @@ impl Linear {
             in_features: inp,
             act_quant,
         })
+    }
+
+    /// A linear layer from weights already in memory (`[out x inp]`, no bias), e.g. one
+    /// half of a fused gate+up matrix.
+    pub(crate) fn from_weight(
+        tensor: String,
+        weight: Vec<f32>,
+        out: usize,
+        inp: usize,
+        act_quant: Option<ActQuant>,
+    ) -> Self {
+        debug_assert_eq!(weight.len(), out * inp);
+        Linear {
+            tensor,
+            weight: weight.into(),
+            bias: None,
+            out_features: out,
+            in_features: inp,
+            act_quant,
+        }
+    }
+
+    /// A placeholder for a projection the layer does not have (the attention
+    /// projections of a Mamba-2 layer): 0 x 0, never applied.
+    pub(crate) fn empty(tensor: String) -> Self {
+        Self::from_weight(tensor, Vec::new(), 0, 0, None)
     }
 
     /// `x` `[n x in_features]` -> `[n x out_features]`, reporting `x` to the hook first.
@@ -189,6 +216,9 @@ pub struct LayerWeights {
     pub ffn: Ffn,
     /// Norm of the MLP output before the residual add (Gemma 3).
     pub ffn_post_norm: Option<Vec<f32>>,
+    /// A Mamba-2 layer's mixer (hybrid models); when set it replaces attention, and the
+    /// attention projections above are empty placeholders.
+    pub mamba: Option<Box<Mamba2>>,
 }
 
 /// A dense decoder held in f32.
@@ -211,7 +241,11 @@ pub struct Model {
     pub f16_attention: bool,
 }
 
-fn read_checked(src: &dyn WeightSource, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+pub(crate) fn read_checked(
+    src: &dyn WeightSource,
+    name: &str,
+    expected: &[usize],
+) -> Result<Vec<f32>> {
     if !src.has_tensor(name) {
         return Err(RuntimeError::MissingTensor(name.to_string()));
     }
@@ -273,8 +307,19 @@ impl Model {
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let p = format!("model.layers.{i}.");
+            let mamba = match &c.hybrid {
+                Some(hy) if hy.mamba_layers[i] => {
+                    Some(Box::new(Mamba2::load(src, &format!("{p}mamba."), h, hy)?))
+                }
+                _ => None,
+            };
             let attn = |n: &str, out: usize, inp: usize| {
-                Linear::load(src, &format!("{p}self_attn.{n}"), out, inp)
+                let name = format!("{p}self_attn.{n}");
+                if mamba.is_some() {
+                    Ok(Linear::empty(name))
+                } else {
+                    Linear::load(src, &name, out, inp)
+                }
             };
             // A layer with a router is MoE (Qwen's `mlp_only_layers` keep a dense MLP).
             let ffn = match &c.moe {
@@ -284,6 +329,9 @@ impl Model {
                 {
                     let mixtral = src.has_tensor(&format!("{p}block_sparse_moe.gate.weight"));
                     Ffn::Moe(Box::new(MoeWeights::load(src, i, h, moe, mixtral)?))
+                }
+                _ if c.hybrid.is_some() => {
+                    Ffn::Dense(Box::new(granite_shared_mlp(src, &p, inter, h)?))
                 }
                 _ => {
                     let mut mlp = Mlp::load(src, &format!("{p}mlp."), inter, h)?;
@@ -321,6 +369,7 @@ impl Model {
                 ffn_norm,
                 ffn,
                 ffn_post_norm: opt_norm(gemma, "post_feedforward_layernorm", h)?,
+                mamba,
             });
         }
         let final_norm = norm("model.norm.weight", h)?;
@@ -396,6 +445,14 @@ impl Model {
             let scale = (h as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= scale);
         }
+        // Granite's multipliers (1 elsewhere); its hybrid attention has no positions.
+        let (residual_mult, logits_div, use_rope) = match &c.hybrid {
+            Some(hy) => {
+                x.iter_mut().for_each(|v| *v *= hy.embedding_multiplier);
+                (hy.residual_multiplier, hy.logits_scaling, false)
+            }
+            None => (1.0, 1.0, true),
+        };
         let global = ops::RopeTable::new(n, c.head_dim, &c.rope);
         let local = c
             .rope_local
@@ -421,6 +478,16 @@ impl Model {
                 f16: conv && self.f16_attention,
             };
             ops::rms_norm(&x, &l.attn_norm, eps, &mut a);
+            if let Some(m) = &l.mamba {
+                let mut o = m.forward(li, &a, n, eps, hook, conv);
+                if residual_mult != 1.0 {
+                    o.iter_mut().for_each(|v| *v *= residual_mult);
+                }
+                ops::add_inplace(&mut x, &o);
+                drop(o);
+                self.ffn_block(li, l, &mut x, &mut a, n, residual_mult, hook, conv);
+                continue;
+            }
             let mut q = l.q_proj.apply(li, "q_proj", &a, n, hook, conv);
             let mut k = l.k_proj.apply(li, "k_proj", &a, n, hook, conv);
             let v = l.v_proj.apply(li, "v_proj", &a, n, hook, conv);
@@ -428,25 +495,22 @@ impl Model {
                 ops::rms_norm_inplace(&mut q, qn, eps);
                 ops::rms_norm_inplace(&mut k, kn, eps);
             }
-            rope.apply(&mut q, c.n_heads);
-            rope.apply(&mut k, c.n_kv_heads);
+            if use_rope {
+                rope.apply(&mut q, c.n_heads);
+                rope.apply(&mut k, c.n_kv_heads);
+            }
             ops::attention(&q, &k, &v, shape, &mut attn_out);
             drop((q, k, v));
             let mut o = l.o_proj.apply(li, "o_proj", &attn_out, n, hook, conv);
             if let Some(w) = &l.attn_post_norm {
                 ops::rms_norm_inplace(&mut o, w, eps);
             }
+            if residual_mult != 1.0 {
+                o.iter_mut().for_each(|v| *v *= residual_mult);
+            }
             ops::add_inplace(&mut x, &o);
             drop(o);
-            ops::rms_norm(&x, &l.ffn_norm, eps, &mut a);
-            let mut d = match &l.ffn {
-                Ffn::Dense(mlp) => mlp.forward(li, &a, n, hook, conv),
-                Ffn::Moe(moe) => moe.forward(li, &a, n, h, hook, conv),
-            };
-            if let Some(w) = &l.ffn_post_norm {
-                ops::rms_norm_inplace(&mut d, w, eps);
-            }
-            ops::add_inplace(&mut x, &d);
+            self.ffn_block(li, l, &mut x, &mut a, n, residual_mult, hook, conv);
         }
         let rows = n - first_row;
         let mut fin = vec![0.0f32; rows * h];
@@ -457,6 +521,52 @@ impl Model {
         if let Some(cap) = c.final_logit_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
+        if logits_div != 1.0 {
+            logits.iter_mut().for_each(|v| *v /= logits_div);
+        }
         Ok(logits)
     }
+
+    /// The feed-forward half of a layer: norm, FFN, optional post-norm, scaled residual.
+    #[allow(clippy::too_many_arguments)]
+    fn ffn_block(
+        &self,
+        li: usize,
+        l: &LayerWeights,
+        x: &mut [f32],
+        a: &mut [f32],
+        n: usize,
+        residual_mult: f32,
+        hook: &mut dyn LinearHook,
+        conv: bool,
+    ) {
+        let c = &self.config;
+        ops::rms_norm(x, &l.ffn_norm, c.rms_norm_eps, a);
+        let mut d = match &l.ffn {
+            Ffn::Dense(mlp) => mlp.forward(li, a, n, hook, conv),
+            Ffn::Moe(moe) => moe.forward(li, a, n, c.hidden_size, hook, conv),
+        };
+        if let Some(w) = &l.ffn_post_norm {
+            ops::rms_norm_inplace(&mut d, w, c.rms_norm_eps);
+        }
+        if residual_mult != 1.0 {
+            d.iter_mut().for_each(|v| *v *= residual_mult);
+        }
+        ops::add_inplace(x, &d);
+    }
+}
+
+/// Granite's dense `shared_mlp`: `input_linear` `[2I x hidden]` holds the gate rows, then
+/// the up rows; `output_linear` is the down projection.
+fn granite_shared_mlp(src: &dyn WeightSource, p: &str, inter: usize, h: usize) -> Result<Mlp> {
+    let name = format!("{p}shared_mlp.input_linear.weight");
+    let fused = read_checked(src, &name, &[2 * inter, h])?;
+    let act = src.stored_type(&name).and_then(ActQuant::for_weight);
+    let (gate, up) = fused.split_at(inter * h);
+    Ok(Mlp {
+        gate_proj: Linear::from_weight(name.clone(), gate.to_vec(), inter, h, act),
+        up_proj: Linear::from_weight(name, up.to_vec(), inter, h, act),
+        down_proj: Linear::load(src, &format!("{p}shared_mlp.output_linear"), h, inter)?,
+        gelu: false,
+    })
 }

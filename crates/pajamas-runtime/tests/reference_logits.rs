@@ -83,3 +83,10 @@ fn tiny_qwen2_moe_matches_transformers() {
     // Softmax weights not renormalised, sigmoid-gated shared expert, q/k/v biases.
     check_family("tiny-qwen2_moe");
 }
+
+#[test]
+fn tiny_granitemoehybrid_dense_matches_transformers() {
+    // Granite 4.0-H Micro style: Mamba-2, Mamba-2, attention (no positions), Mamba-2;
+    // embedding/attention/residual/logit multipliers; fused shared_mlp.
+    check_family("tiny-granitemoehybrid-dense");
+}
