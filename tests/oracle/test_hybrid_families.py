@@ -564,13 +564,15 @@ def test_mlx_loads_and_follows_the_reference(converted, case, tmp_path):
 def test_runtime_perplexity_equals_llama_cpp(converted):
     """`eval` runs Granite 4.0-H's Mamba-2 layers (conv state, SSD recurrence, gated
     grouped RMSNorm), NoPE attention and multipliers: its perplexity of the trained
-    hybrid (HF folder, bf16) equals llama.cpp's of our F16 GGUF. (Its logits against
-    transformers': crates/pajamas-runtime/tests/reference_logits.rs.)"""
+    hybrid, from the HF folder (bf16) and from our F16 GGUF, equals llama.cpp's of that
+    GGUF. (Its logits against transformers': crates/pajamas-runtime/tests/reference_logits.rs.)"""
     from test_eval import llama_cpp_eval, our_eval
-    ours = our_eval(folder("tiny-hybrid"), chunks=4)
-    theirs, n_scored, _ = llama_cpp_eval(converted("tiny-hybrid")["F16"], chunks=4)
-    assert ours["scored_tokens"] == n_scored
-    rel = abs(ours["perplexity"]["ppl"] / theirs - 1)
-    print(f"\ntiny-hybrid PPL: ours (HF) {ours['perplexity']['ppl']:.4f}, llama.cpp (our F16 GGUF) {theirs:.4f} "
-          f"({rel:.4%})")
-    assert rel < 0.01
+    f16 = converted("tiny-hybrid")["F16"]
+    theirs, n_scored, _ = llama_cpp_eval(f16, chunks=4)
+    for source in (folder("tiny-hybrid"), f16):
+        ours = our_eval(source, chunks=4)
+        assert ours["scored_tokens"] == n_scored
+        rel = abs(ours["perplexity"]["ppl"] / theirs - 1)
+        print(f"\ntiny-hybrid PPL: ours ({source.name}) {ours['perplexity']['ppl']:.4f}, "
+              f"llama.cpp (our F16 GGUF) {theirs:.4f} ({rel:.4%})")
+        assert rel < 0.01

@@ -470,9 +470,10 @@ impl ModelConfig {
             "qwen2moe" => (Family::Qwen2, "qwen2_moe"),
             "qwen3moe" => (Family::Qwen3, "qwen3_moe"),
             "gemma3" => (Family::Gemma3, "gemma3_text"),
+            "granitehybrid" => (Family::GraniteHybrid, "granitemoehybrid"),
             other => {
                 return Err(err(format!(
-                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3)"
+                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3, granitehybrid without experts)"
                 )))
             }
         };
@@ -560,6 +561,62 @@ impl ModelConfig {
         } else {
             (None, vec![false; n_layers], None)
         };
+        let hybrid = if family == Family::GraniteHybrid {
+            if moe.is_some() {
+                return Err(err(
+                    "granitehybrid with experts is not supported by the runtime yet".into(),
+                ));
+            }
+            if matches!(
+                f.get(&key("rope.scaling.finetuned")),
+                Some(pajamas_gguf::Value::Bool(true)) | None
+            ) {
+                return Err(err(
+                    "granitehybrid with rope (rope.scaling.finetuned not false) is not supported by the runtime".into(),
+                ));
+            }
+            // llama.cpp: a layer is recurrent iff its head_count_kv is 0.
+            let kv: Vec<usize> = match f.get(&key("attention.head_count_kv")) {
+                Some(pajamas_gguf::Value::Array(a)) => (0..a.len())
+                    .map(|i| a.get(i).and_then(|v| v.as_uint()).unwrap_or(0) as usize)
+                    .collect(),
+                _ => {
+                    return Err(err(
+                        "attention.head_count_kv is not a per-layer array".into()
+                    ))
+                }
+            };
+            if kv.len() != n_layers {
+                return Err(err(format!(
+                    "attention.head_count_kv has {} entries for {n_layers} layers",
+                    kv.len()
+                )));
+            }
+            let heads = need("ssm.time_step_rank")?;
+            let scale = |k: &str| {
+                float(k)
+                    .filter(|x| *x != 0.0)
+                    .map(|x| x as f32)
+                    .unwrap_or(1.0)
+            };
+            Some(HybridConfig {
+                mamba_layers: kv.iter().map(|&k| k == 0).collect(),
+                ssm_heads: heads,
+                ssm_head_dim: need("ssm.inner_size")? / heads.max(1),
+                ssm_state: need("ssm.state_size")?,
+                ssm_groups: need("ssm.group_count")?.max(1),
+                conv_kernel: need("ssm.conv_kernel")?,
+                embedding_multiplier: scale("embedding_scale"),
+                residual_multiplier: scale("residual_scale"),
+                logits_scaling: scale("logit_scale"),
+            })
+        } else {
+            None
+        };
+        let attn_scale = match float("attention.scale").filter(|x| *x != 0.0) {
+            Some(s) if hybrid.is_some() => s as f32,
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        };
         Ok(ModelConfig {
             model_type: model_type.to_string(),
             family,
@@ -577,10 +634,10 @@ impl ModelConfig {
             qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
             sliding_window,
             layer_sliding,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            attn_scale,
             final_logit_softcap: float("final_logit_softcapping").map(|c| c as f32),
             moe,
-            hybrid: None,
+            hybrid,
         })
     }
 

@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use crate::config::HybridConfig;
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::hook::LinearHook;
 use crate::model::{read_checked, Linear};
 use crate::weights::WeightSource;
@@ -52,6 +52,24 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// A tensor whose layout is fixed but whose shape sources spell differently (HF
+/// `conv1d.weight` `[C, 1, K]` is GGUF `[C, K]`; `D` `[H]` is `[H, 1]`; the grouped norm
+/// `[d_inner]` is `[G, d_inner / G]`): checked by element count.
+fn read_flat(src: &dyn WeightSource, name: &str, len: usize) -> Result<Vec<f32>> {
+    if !src.has_tensor(name) {
+        return Err(RuntimeError::MissingTensor(name.to_string()));
+    }
+    let (shape, data) = src.read_tensor(name)?;
+    if data.len() != len {
+        return Err(RuntimeError::Shape {
+            name: name.to_string(),
+            found: shape,
+            expected: vec![len],
+        });
+    }
+    Ok(data)
+}
+
 impl Mamba2 {
     pub(crate) fn load(
         src: &dyn WeightSource,
@@ -65,7 +83,15 @@ impl Mamba2 {
             shape.ssm_heads,
             shape.conv_kernel,
         );
-        let a_log = read_checked(src, &format!("{prefix}A_log"), &[nh])?;
+        // GGUF stores A itself (`ssm_a`); HF checkpoints store A_log.
+        let a = if src.has_tensor(&format!("{prefix}A")) {
+            read_flat(src, &format!("{prefix}A"), nh)?
+        } else {
+            read_checked(src, &format!("{prefix}A_log"), &[nh])?
+                .iter()
+                .map(|v| -v.exp())
+                .collect()
+        };
         let conv_bias_name = format!("{prefix}conv1d.bias");
         let conv_bias = if src.has_tensor(&conv_bias_name) {
             read_checked(src, &conv_bias_name, &[cd])?
@@ -74,12 +100,12 @@ impl Mamba2 {
         };
         Ok(Mamba2 {
             in_proj: Linear::load(src, &format!("{prefix}in_proj"), shape.d_in_proj(), hidden)?,
-            conv_weight: read_checked(src, &format!("{prefix}conv1d.weight"), &[cd, 1, k])?,
+            conv_weight: read_flat(src, &format!("{prefix}conv1d.weight"), cd * k)?,
             conv_bias,
             dt_bias: read_checked(src, &format!("{prefix}dt_bias"), &[nh])?,
-            a: a_log.iter().map(|v| -v.exp()).collect(),
-            d: read_checked(src, &format!("{prefix}D"), &[nh])?,
-            norm: read_checked(src, &format!("{prefix}norm.weight"), &[di])?,
+            a,
+            d: read_flat(src, &format!("{prefix}D"), nh)?,
+            norm: read_flat(src, &format!("{prefix}norm.weight"), di)?,
             out_proj: Linear::load(src, &format!("{prefix}out_proj"), hidden, di)?,
             shape: shape.clone(),
         })

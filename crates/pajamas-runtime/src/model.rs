@@ -559,6 +559,10 @@ impl Model {
 /// Granite's dense `shared_mlp`: `input_linear` `[2I x hidden]` holds the gate rows, then
 /// the up rows; `output_linear` is the down projection.
 fn granite_shared_mlp(src: &dyn WeightSource, p: &str, inter: usize, h: usize) -> Result<Mlp> {
+    // A GGUF file holds the halves as ffn_gate / ffn_up (the names of a llama MLP).
+    if src.has_tensor(&format!("{p}mlp.gate_proj.weight")) {
+        return Mlp::load(src, &format!("{p}mlp."), inter, h);
+    }
     let name = format!("{p}shared_mlp.input_linear.weight");
     let fused = read_checked(src, &name, &[2 * inter, h])?;
     let act = src.stored_type(&name).and_then(ActQuant::for_weight);

@@ -115,6 +115,14 @@ impl GgufSource {
 
     fn locate(&self, hf_name: &str) -> Option<(String, Transform)> {
         let c = &self.config;
+        if c.hybrid.is_some() {
+            if let Some(found) = locate_mamba(hf_name) {
+                return Some((found, Transform::None));
+            }
+            // Granite's attention and norms have llama's names; q/k rows are in
+            // llama.cpp's rope order, as for `llama`.
+            return map_name(hf_name, "llama", c.n_heads as u64, c.n_kv_heads as u64);
+        }
         map_name(
             hf_name,
             &c.model_type,
@@ -165,6 +173,28 @@ impl GgufSource {
             self.file.path().display()
         ))
     }
+}
+
+/// The Mamba-2 tensors of a hybrid GGUF by the names the forward pass asks for. `mamba.A`
+/// (not an HF tensor) is `A = -exp(A_log)` as llama.cpp stores it (`ssm_a`), read as is
+/// rather than through a lossy `log`. Shapes are GGUF's (`ssm_conv1d` `[C, K]`, `ssm_a` /
+/// `ssm_d` `[H, 1]`, `ssm_norm` `[G, d_inner / G]`); the model checks element counts.
+fn locate_mamba(hf_name: &str) -> Option<String> {
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let g = match leaf.strip_prefix("mamba.")? {
+        "in_proj.weight" => "ssm_in.weight",
+        "out_proj.weight" => "ssm_out.weight",
+        "conv1d.weight" => "ssm_conv1d.weight",
+        "conv1d.bias" => "ssm_conv1d.bias",
+        "dt_bias" => "ssm_dt.bias",
+        "A" => "ssm_a",
+        "D" => "ssm_d",
+        "norm.weight" => "ssm_norm.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}"))
 }
 
 impl WeightSource for GgufSource {
