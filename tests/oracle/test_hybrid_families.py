@@ -561,18 +561,20 @@ def test_mlx_loads_and_follows_the_reference(converted, case, tmp_path):
 
 # ---------------------------------------------------------------- our runtime (Mamba-2)
 
-def test_runtime_perplexity_equals_llama_cpp(converted):
+@pytest.mark.parametrize("case,ftype,ctx", [("tiny-hybrid", "F16", 512), ("granitemoehybrid", "F32", 128)])
+def test_runtime_perplexity_equals_llama_cpp(converted, case, ftype, ctx):
     """`eval` runs Granite 4.0-H's Mamba-2 layers (conv state, SSD recurrence, gated
-    grouped RMSNorm), NoPE attention and multipliers: its perplexity of the trained
-    hybrid, from the HF folder (bf16) and from our F16 GGUF, equals llama.cpp's of that
-    GGUF. (Its logits against transformers': crates/pajamas-runtime/tests/reference_logits.rs.)"""
+    grouped RMSNorm), NoPE attention, multipliers and (Tiny/Small) experts beside the
+    shared MLP: its perplexity, from the HF folder and from our GGUF, equals llama.cpp's
+    of that GGUF (the trained dense model; the MoE fixture, random weights, so a huge
+    perplexity). Logits against transformers': crates/pajamas-runtime/tests/reference_logits.rs."""
     from test_eval import llama_cpp_eval, our_eval
-    f16 = converted("tiny-hybrid")["F16"]
-    theirs, n_scored, _ = llama_cpp_eval(f16, chunks=4)
-    for source in (folder("tiny-hybrid"), f16):
-        ours = our_eval(source, chunks=4)
+    path = converted(case)[ftype]
+    theirs, n_scored, _ = llama_cpp_eval(path, ctx=ctx, chunks=4)
+    for source in (folder(case), path):
+        ours = our_eval(source, ctx=ctx, chunks=4)
         assert ours["scored_tokens"] == n_scored
         rel = abs(ours["perplexity"]["ppl"] / theirs - 1)
-        print(f"\ntiny-hybrid PPL: ours ({source.name}) {ours['perplexity']['ppl']:.4f}, "
-              f"llama.cpp (our F16 GGUF) {theirs:.4f} ({rel:.4%})")
+        print(f"\n{case} PPL: ours ({source.name}) {ours['perplexity']['ppl']:.4f}, "
+              f"llama.cpp ({path.name}) {theirs:.4f} ({rel:.4%})")
         assert rel < 0.01

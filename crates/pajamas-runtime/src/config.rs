@@ -18,9 +18,9 @@ pub enum Family {
     /// Gemma 3: scaled embeddings, `(1 + w)` norms, sandwich norms around attention and
     /// MLP, GeGLU (tanh GELU), per-head q/k norm, interleaved local/global layers.
     Gemma3,
-    /// IBM Granite 4.0-H (`granitemoehybrid`) without experts: Mamba-2 and attention
-    /// layers (no positional encoding), a dense SwiGLU `shared_mlp` after each mixer,
-    /// Granite's multipliers. See [`HybridConfig`].
+    /// IBM Granite 4.0-H (`granitemoehybrid`): Mamba-2 and attention layers (no
+    /// positional encoding), a SwiGLU `shared_mlp` after each mixer (with routed experts
+    /// beside it in the MoE models), Granite's multipliers. See [`HybridConfig`].
     GraniteHybrid,
 }
 
@@ -110,13 +110,25 @@ impl HybridConfig {
     }
 }
 
+/// Granite 4.0-H's experts (Tiny/Small): softmax over the top-k router logits (the
+/// renormalised top-k of the full softmax), SwiGLU experts `intermediate_size` wide, and
+/// the always-on `shared_mlp` as the shared expert. `None` without experts (Micro).
+fn hf_granite_moe(cfg: &Value) -> Result<Option<MoeConfig>> {
+    let n_experts = get_usize(cfg, "num_local_experts")?.unwrap_or(0);
+    if n_experts == 0 {
+        return Ok(None);
+    }
+    Ok(Some(MoeConfig {
+        n_experts,
+        top_k: need_usize(cfg, "num_experts_per_tok")?,
+        expert_ffn: need_usize(cfg, "intermediate_size")?,
+        norm_topk_prob: true,
+        shared_ffn: get_usize(cfg, "shared_intermediate_size")?.filter(|w| *w > 0),
+    }))
+}
+
 /// Granite 4.0-H's hybrid block from an HF config.
 fn hf_granite_hybrid(cfg: &Value, n_layers: usize) -> Result<HybridConfig> {
-    if get_usize(cfg, "num_local_experts")?.unwrap_or(0) > 0 {
-        return Err(RuntimeError::Config(
-            "Granite 4.0-H with experts (num_local_experts > 0) is not supported by the runtime yet; the dense models (Granite 4.0-H Micro) are".into(),
-        ));
-    }
     let pe = cfg
         .get("position_embedding_type")
         .and_then(Value::as_str)
@@ -205,7 +217,7 @@ pub struct ModelConfig {
 }
 
 const SUPPORTED: &str =
-    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3, granitemoehybrid (dense)";
+    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3, granitemoehybrid";
 
 /// The MoE block of an HF config, `None` for dense models.
 fn hf_moe(cfg: &Value, model_type: &str) -> Result<Option<MoeConfig>> {
@@ -447,7 +459,10 @@ impl ModelConfig {
             layer_sliding,
             attn_scale,
             final_logit_softcap: get_f64(cfg, "final_logit_softcapping")?.map(|c| c as f32),
-            moe: hf_moe(cfg, &model_type)?,
+            moe: match family {
+                Family::GraniteHybrid => hf_granite_moe(cfg)?,
+                _ => hf_moe(cfg, &model_type)?,
+            },
             hybrid,
             model_type,
         })
@@ -473,7 +488,7 @@ impl ModelConfig {
             "granitehybrid" => (Family::GraniteHybrid, "granitemoehybrid"),
             other => {
                 return Err(err(format!(
-                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3, granitehybrid without experts)"
+                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3, granitehybrid)"
                 )))
             }
         };
@@ -562,11 +577,6 @@ impl ModelConfig {
             (None, vec![false; n_layers], None)
         };
         let hybrid = if family == Family::GraniteHybrid {
-            if moe.is_some() {
-                return Err(err(
-                    "granitehybrid with experts is not supported by the runtime yet".into(),
-                ));
-            }
             if matches!(
                 f.get(&key("rope.scaling.finetuned")),
                 Some(pajamas_gguf::Value::Bool(true)) | None

@@ -323,6 +323,13 @@ impl Model {
             };
             // A layer with a router is MoE (Qwen's `mlp_only_layers` keep a dense MLP).
             let ffn = match &c.moe {
+                // Granite 4.0-H's HF layout: stacked experts and a fused shared MLP (its
+                // GGUF files have the per-name layout of the arm below).
+                Some(moe)
+                    if src.has_tensor(&format!("{p}block_sparse_moe.router.layer.weight")) =>
+                {
+                    Ffn::Moe(Box::new(MoeWeights::load_granite(src, i, h, moe)?))
+                }
                 Some(moe)
                     if src.has_tensor(&format!("{p}mlp.gate.weight"))
                         || src.has_tensor(&format!("{p}block_sparse_moe.gate.weight")) =>
@@ -558,7 +565,12 @@ impl Model {
 
 /// Granite's dense `shared_mlp`: `input_linear` `[2I x hidden]` holds the gate rows, then
 /// the up rows; `output_linear` is the down projection.
-fn granite_shared_mlp(src: &dyn WeightSource, p: &str, inter: usize, h: usize) -> Result<Mlp> {
+pub(crate) fn granite_shared_mlp(
+    src: &dyn WeightSource,
+    p: &str,
+    inter: usize,
+    h: usize,
+) -> Result<Mlp> {
     // A GGUF file holds the halves as ffn_gate / ffn_up (the names of a llama MLP).
     if src.has_tensor(&format!("{p}mlp.gate_proj.weight")) {
         return Mlp::load(src, &format!("{p}mlp."), inter, h);

@@ -6,7 +6,7 @@
 use crate::config::MoeConfig;
 use crate::error::Result;
 use crate::hook::LinearHook;
-use crate::model::{Linear, Mlp};
+use crate::model::{granite_shared_mlp, read_checked, Linear, Mlp};
 use crate::ops;
 use crate::weights::WeightSource;
 
@@ -97,6 +97,59 @@ impl MoeWeights {
             shared,
             top_k: moe.top_k,
             norm_topk_prob: moe.norm_topk_prob,
+        })
+    }
+
+    /// Granite 4.0-H's block in its HF layout: router `block_sparse_moe.router.layer`,
+    /// experts stacked in `block_sparse_moe.input_linear` `[E, 2I, hidden]` (gate rows,
+    /// then up rows, per expert) and `output_linear` `[E, hidden, I]`, and the fused
+    /// `shared_mlp` as an ungated shared expert.
+    pub fn load_granite(
+        src: &dyn WeightSource,
+        layer: usize,
+        hidden: usize,
+        moe: &MoeConfig,
+    ) -> Result<Self> {
+        let p = format!("model.layers.{layer}.");
+        let (ne, w) = (moe.n_experts, moe.expert_ffn);
+        let router = Linear::load(
+            src,
+            &format!("{p}block_sparse_moe.router.layer"),
+            ne,
+            hidden,
+        )?;
+        let in_name = format!("{p}block_sparse_moe.input_linear.weight");
+        let out_name = format!("{p}block_sparse_moe.output_linear.weight");
+        let fused = read_checked(src, &in_name, &[ne, 2 * w, hidden])?;
+        let down = read_checked(src, &out_name, &[ne, hidden, w])?;
+        let experts = (0..ne)
+            .map(|e| {
+                let m = &fused[e * 2 * w * hidden..(e + 1) * 2 * w * hidden];
+                let (gate, up) = m.split_at(w * hidden);
+                Mlp {
+                    gate_proj: Linear::from_weight(in_name.clone(), gate.to_vec(), w, hidden, None),
+                    up_proj: Linear::from_weight(in_name.clone(), up.to_vec(), w, hidden, None),
+                    down_proj: Linear::from_weight(
+                        out_name.clone(),
+                        down[e * hidden * w..(e + 1) * hidden * w].to_vec(),
+                        hidden,
+                        w,
+                        None,
+                    ),
+                    gelu: false,
+                }
+            })
+            .collect();
+        let shared = match moe.shared_ffn {
+            Some(sw) => Some((granite_shared_mlp(src, &p, sw, hidden)?, None)),
+            None => None,
+        };
+        Ok(MoeWeights {
+            router,
+            experts,
+            shared,
+            top_k: moe.top_k,
+            norm_topk_prob: true,
         })
     }
 

@@ -90,3 +90,10 @@ fn tiny_granitemoehybrid_dense_matches_transformers() {
     // embedding/attention/residual/logit multipliers; fused shared_mlp.
     check_family("tiny-granitemoehybrid-dense");
 }
+
+#[test]
+fn tiny_granitemoehybrid_matches_transformers() {
+    // Granite 4.0-H Tiny/Small style: the same layers with 4 experts top-2 (stacked
+    // input_linear / output_linear) beside the shared MLP.
+    check_family("tiny-granitemoehybrid");
+}
