@@ -22,6 +22,10 @@ pub enum Family {
     /// positional encoding), a SwiGLU `shared_mlp` after each mixer (with routed experts
     /// beside it in the MoE models), Granite's multipliers. See [`HybridConfig`].
     GraniteHybrid,
+    /// NVIDIA Nemotron-H (`nemotron_h`): blocks of one RMSNorm and one mixer each (Mamba-2,
+    /// attention without positions, a relu^2 MLP, or relu^2 experts with a sigmoid
+    /// router and a shared expert); `backbone.*` names.
+    NemotronH,
 }
 
 impl Family {
@@ -32,6 +36,7 @@ impl Family {
             "qwen3" | "qwen3_moe" => Family::Qwen3,
             "gemma3" | "gemma3_text" => Family::Gemma3,
             "granitemoehybrid" => Family::GraniteHybrid,
+            "nemotron_h" => Family::NemotronH,
             _ => return None,
         })
     }
@@ -73,13 +78,29 @@ pub struct MoeConfig {
     pub norm_topk_prob: bool,
     /// Width of the always-on shared expert (Qwen2-MoE, gated by a sigmoid), if any.
     pub shared_ffn: Option<usize>,
+    /// Nemotron-H's router: sigmoid scores, the top-k of score + correction bias, weights
+    /// the chosen scores (renormalised when `norm_topk_prob`) times this factor; relu^2
+    /// experts. `None`: softmax routing, SwiGLU experts.
+    pub sigmoid_scale: Option<f32>,
 }
 
-/// The Mamba-2 layers and multipliers of a hybrid model (Granite 4.0-H).
+/// What one Nemotron-H block is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    Mamba,
+    Attention,
+    Mlp,
+    Moe,
+}
+
+/// The Mamba-2 layers and multipliers of a hybrid model (Granite 4.0-H, Nemotron-H).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HybridConfig {
-    /// Per layer: a Mamba-2 mixer (true) or attention (false).
+    /// Per layer: a Mamba-2 mixer (true) or not.
     pub mamba_layers: Vec<bool>,
+    /// Nemotron-H: each block's single mixer (no separate FFN). Empty for Granite,
+    /// whose layers are mixer + FFN.
+    pub blocks: Vec<BlockKind>,
     pub ssm_heads: usize,
     pub ssm_head_dim: usize,
     pub ssm_state: usize,
@@ -124,7 +145,67 @@ fn hf_granite_moe(cfg: &Value) -> Result<Option<MoeConfig>> {
         expert_ffn: need_usize(cfg, "intermediate_size")?,
         norm_topk_prob: true,
         shared_ffn: get_usize(cfg, "shared_intermediate_size")?.filter(|w| *w > 0),
+        sigmoid_scale: None,
     }))
+}
+
+/// Nemotron-H's blocks and experts from an HF config.
+fn hf_nemotron(cfg: &Value, n_layers: usize) -> Result<(HybridConfig, Option<MoeConfig>)> {
+    let pattern = cfg
+        .get("hybrid_override_pattern")
+        .and_then(Value::as_str)
+        .ok_or_else(|| RuntimeError::Config("missing hybrid_override_pattern".into()))?;
+    let blocks = pattern
+        .chars()
+        .map(|c| match c {
+            'M' => Ok(BlockKind::Mamba),
+            '*' => Ok(BlockKind::Attention),
+            '-' => Ok(BlockKind::Mlp),
+            'E' => Ok(BlockKind::Moe),
+            other => Err(RuntimeError::Config(format!(
+                "hybrid_override_pattern: unknown block {other:?}"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if blocks.len() != n_layers {
+        return Err(RuntimeError::Config(format!(
+            "hybrid_override_pattern has {} blocks for {n_layers} layers",
+            blocks.len()
+        )));
+    }
+    if get_usize(cfg, "n_group")?.unwrap_or(1) > 1 || get_usize(cfg, "moe_latent_size")?.is_some() {
+        return Err(RuntimeError::Config(
+            "Nemotron-H with grouped routing (n_group > 1) or a latent MoE is not supported by the runtime".into(),
+        ));
+    }
+    let moe = if blocks.contains(&BlockKind::Moe) {
+        Some(MoeConfig {
+            n_experts: need_usize(cfg, "n_routed_experts")?,
+            top_k: need_usize(cfg, "num_experts_per_tok")?,
+            expert_ffn: need_usize(cfg, "moe_intermediate_size")?,
+            norm_topk_prob: cfg
+                .get("norm_topk_prob")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            shared_ffn: get_usize(cfg, "moe_shared_expert_intermediate_size")?.filter(|w| *w > 0),
+            sigmoid_scale: Some(get_f64(cfg, "routed_scaling_factor")?.unwrap_or(1.0) as f32),
+        })
+    } else {
+        None
+    };
+    let h = HybridConfig {
+        mamba_layers: blocks.iter().map(|b| *b == BlockKind::Mamba).collect(),
+        blocks,
+        ssm_heads: need_usize(cfg, "mamba_num_heads")?,
+        ssm_head_dim: need_usize(cfg, "mamba_head_dim")?,
+        ssm_state: need_usize(cfg, "ssm_state_size")?,
+        ssm_groups: get_usize(cfg, "n_groups")?.unwrap_or(1).max(1),
+        conv_kernel: get_usize(cfg, "conv_kernel")?.unwrap_or(4),
+        embedding_multiplier: 1.0,
+        residual_multiplier: 1.0,
+        logits_scaling: 1.0,
+    };
+    Ok((h, moe))
 }
 
 /// Granite 4.0-H's hybrid block from an HF config.
@@ -161,6 +242,7 @@ fn hf_granite_hybrid(cfg: &Value, n_layers: usize) -> Result<HybridConfig> {
     let mult = |k: &str| -> Result<f32> { Ok(get_f64(cfg, k)?.unwrap_or(1.0) as f32) };
     let h = HybridConfig {
         mamba_layers,
+        blocks: Vec::new(),
         ssm_heads: need_usize(cfg, "mamba_n_heads")?,
         ssm_head_dim: need_usize(cfg, "mamba_d_head")?,
         ssm_state: need_usize(cfg, "mamba_d_state")?,
@@ -217,7 +299,7 @@ pub struct ModelConfig {
 }
 
 const SUPPORTED: &str =
-    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3, granitemoehybrid";
+    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3, granitemoehybrid, nemotron_h";
 
 /// The MoE block of an HF config, `None` for dense models.
 fn hf_moe(cfg: &Value, model_type: &str) -> Result<Option<MoeConfig>> {
@@ -244,6 +326,7 @@ fn hf_moe(cfg: &Value, model_type: &str) -> Result<Option<MoeConfig>> {
             .and_then(Value::as_bool)
             .unwrap_or(model_type == "mixtral"),
         shared_ffn,
+        sigmoid_scale: None,
     }))
 }
 
@@ -412,14 +495,18 @@ impl ModelConfig {
                 (None, vec![false; n_layers], None)
             }
         };
+        let nemotron = match family {
+            Family::NemotronH => Some(hf_nemotron(cfg, n_layers)?),
+            _ => None,
+        };
         let hybrid = match family {
             Family::GraniteHybrid => Some(hf_granite_hybrid(cfg, n_layers)?),
-            _ => None,
+            _ => nemotron.as_ref().map(|(h, _)| h.clone()),
         };
         let attn_scale = match (gemma, get_f64(cfg, "query_pre_attn_scalar")?) {
             (true, Some(s)) => (1.0 / s.sqrt()) as f32,
             // Granite's scores are scaled by attention_multiplier, not 1/sqrt(head_dim).
-            _ if hybrid.is_some() => match get_f64(cfg, "attention_multiplier")? {
+            _ if family == Family::GraniteHybrid => match get_f64(cfg, "attention_multiplier")? {
                 Some(m) => m as f32,
                 None => 1.0 / (head_dim as f32).sqrt(),
             },
@@ -448,7 +535,10 @@ impl ModelConfig {
             intermediate_size,
             n_layers,
             vocab_size: need_usize(cfg, "vocab_size")?,
-            rms_norm_eps: get_f64(cfg, "rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            rms_norm_eps: match get_f64(cfg, "rms_norm_eps")? {
+                Some(e) => e,
+                None => get_f64(cfg, "layer_norm_epsilon")?.unwrap_or(1e-6),
+            } as f32,
             rope,
             rope_local,
             tie_word_embeddings: cfg
@@ -461,6 +551,7 @@ impl ModelConfig {
             final_logit_softcap: get_f64(cfg, "final_logit_softcapping")?.map(|c| c as f32),
             moe: match family {
                 Family::GraniteHybrid => hf_granite_moe(cfg)?,
+                Family::NemotronH => nemotron.and_then(|(_, m)| m),
                 _ => hf_moe(cfg, &model_type)?,
             },
             hybrid,
@@ -554,6 +645,7 @@ impl ModelConfig {
                     _ => arch != "qwen2moe",
                 },
                 shared_ffn: uint("expert_shared_feed_forward_length").filter(|w| *w > 0),
+                sigmoid_scale: None,
             }),
         };
         let (sliding_window, layer_sliding, rope_local) = if gemma {
@@ -611,6 +703,7 @@ impl ModelConfig {
             };
             Some(HybridConfig {
                 mamba_layers: kv.iter().map(|&k| k == 0).collect(),
+                blocks: Vec::new(),
                 ssm_heads: heads,
                 ssm_head_dim: need("ssm.inner_size")? / heads.max(1),
                 ssm_state: need("ssm.state_size")?,

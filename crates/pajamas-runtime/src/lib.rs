@@ -29,7 +29,7 @@ pub mod perplexity;
 pub mod weights;
 
 pub use act_quant::ActQuant;
-pub use config::{Family, HybridConfig, ModelConfig, MoeConfig, Rope};
+pub use config::{BlockKind, Family, HybridConfig, ModelConfig, MoeConfig, Rope};
 pub use error::{Result, RuntimeError};
 pub use eval::{evaluate, ChunkDone, EvalOptions, EvalReport, KlStats};
 pub use hook::{LinearHook, LinearInput, NoHook};

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::act_quant::ActQuant;
-use crate::config::ModelConfig;
+use crate::config::{BlockKind, Family, ModelConfig};
 use crate::error::{Result, RuntimeError};
 use crate::hook::{LinearHook, LinearInput, NoHook};
 use crate::mamba::Mamba2;
@@ -127,6 +127,9 @@ pub struct Mlp {
     pub down_proj: Linear,
     /// GeGLU (Gemma) instead of SwiGLU.
     pub gelu: bool,
+    /// Nemotron-H's ungated `down(relu(up(x))^2)`; `gate_proj` is then an empty
+    /// placeholder.
+    pub relu2: bool,
 }
 
 impl Mlp {
@@ -161,6 +164,23 @@ impl Mlp {
             up_proj: Linear::load(src, up, inter, h)?,
             down_proj: Linear::load(src, down, h, inter)?,
             gelu: false,
+            relu2: false,
+        })
+    }
+
+    /// Nemotron-H's relu^2 MLP: `{prefix}up_proj`, `{prefix}down_proj`.
+    pub(crate) fn load_relu2(
+        src: &dyn WeightSource,
+        prefix: &str,
+        inter: usize,
+        h: usize,
+    ) -> Result<Self> {
+        Ok(Mlp {
+            gate_proj: Linear::empty(format!("{prefix}gate_proj.weight")),
+            up_proj: Linear::load(src, &format!("{prefix}up_proj"), inter, h)?,
+            down_proj: Linear::load(src, &format!("{prefix}down_proj"), h, inter)?,
+            gelu: false,
+            relu2: true,
         })
     }
 
@@ -173,6 +193,16 @@ impl Mlp {
         hook: &mut dyn LinearHook,
         convert: bool,
     ) -> Vec<f32> {
+        if self.relu2 {
+            let mut u = self.up_proj.apply(layer, "up_proj", x, n, hook, convert);
+            u.iter_mut().for_each(|v| {
+                let r = v.max(0.0);
+                *v = r * r;
+            });
+            return self
+                .down_proj
+                .apply(layer, "down_proj", &u, n, hook, convert);
+        }
         let mut g = self
             .gate_proj
             .apply(layer, "gate_proj", x, n, hook, convert);
@@ -193,6 +223,8 @@ impl Mlp {
 pub enum Ffn {
     Dense(Box<Mlp>),
     Moe(Box<MoeWeights>),
+    /// No feed-forward block (Nemotron-H's Mamba-2 and attention blocks).
+    None,
 }
 
 /// The weights of one decoder layer. Norm weights are stored as the factor the
@@ -289,9 +321,86 @@ impl Model {
         }
     }
 
+    /// Nemotron-H: `backbone.*` names, one mixer per block.
+    fn load_nemotron(src: &dyn WeightSource, c: ModelConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        let hy = c.hybrid.clone().expect("Nemotron-H has a hybrid config");
+        let embed: Arc<[f32]> =
+            read_checked(src, "backbone.embeddings.weight", &[c.vocab_size, h])?.into();
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for (i, kind) in hy.blocks.iter().enumerate() {
+            let p = format!("backbone.layers.{i}.mixer.");
+            let attention = *kind == BlockKind::Attention;
+            let attn = |n: &str, out: usize, inp: usize| {
+                let name = format!("{p}{n}");
+                if attention {
+                    Linear::load(src, &name, out, inp)
+                } else {
+                    Ok(Linear::empty(name))
+                }
+            };
+            let ffn = match (kind, &c.moe) {
+                (BlockKind::Mlp, _) => {
+                    Ffn::Dense(Box::new(Mlp::load_relu2(src, &p, c.intermediate_size, h)?))
+                }
+                (BlockKind::Moe, Some(moe)) => {
+                    Ffn::Moe(Box::new(MoeWeights::load_nemotron(src, i, h, moe)?))
+                }
+                (BlockKind::Moe, None) => {
+                    return Err(RuntimeError::Config(format!(
+                        "block {i} is MoE but the config has no experts"
+                    )))
+                }
+                _ => Ffn::None,
+            };
+            layers.push(LayerWeights {
+                attn_norm: read_checked(src, &format!("backbone.layers.{i}.norm.weight"), &[h])?,
+                q_proj: attn("q_proj", c.q_dim(), h)?,
+                k_proj: attn("k_proj", c.kv_dim(), h)?,
+                v_proj: attn("v_proj", c.kv_dim(), h)?,
+                o_proj: attn("o_proj", h, c.q_dim())?,
+                q_norm: None,
+                k_norm: None,
+                attn_post_norm: None,
+                ffn_norm: Vec::new(),
+                ffn,
+                ffn_post_norm: None,
+                mamba: if *kind == BlockKind::Mamba {
+                    Some(Box::new(Mamba2::load(src, &p, h, &hy)?))
+                } else {
+                    None
+                },
+            });
+        }
+        let norm = read_checked(src, "backbone.norm_f.weight", &[h])?;
+        let lm_head = if src.has_tensor("lm_head.weight") {
+            Linear::load(src, "lm_head", c.vocab_size, h)?
+        } else {
+            Linear::from_weight(
+                "backbone.embeddings.weight".into(),
+                embed.to_vec(),
+                c.vocab_size,
+                h,
+                None,
+            )
+        };
+        Ok(Model {
+            config: c,
+            embed_tokens: embed,
+            layers,
+            norm,
+            lm_head,
+            llama_cpp_activations: true,
+            f16_attention: src.llama_cpp_attention(),
+        })
+    }
+
     /// Loads every weight from `src`.
     pub fn load(src: &dyn WeightSource) -> Result<Self> {
         let c = src.config()?;
+        if c.family == Family::NemotronH {
+            return Self::load_nemotron(src, c);
+        }
         let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let gemma = c.is_gemma();
         let add_one = gemma && !src.norms_include_one();
@@ -485,6 +594,16 @@ impl Model {
                 f16: conv && self.f16_attention,
             };
             ops::rms_norm(&x, &l.attn_norm, eps, &mut a);
+            if l.mamba.is_none() && l.q_proj.in_features == 0 {
+                // Nemotron-H's MLP / MoE block: the FFN is the block's mixer.
+                let d = match &l.ffn {
+                    Ffn::Dense(mlp) => mlp.forward(li, &a, n, hook, conv),
+                    Ffn::Moe(moe) => moe.forward(li, &a, n, h, hook, conv),
+                    Ffn::None => unreachable!("a block with neither mixer nor FFN"),
+                };
+                ops::add_inplace(&mut x, &d);
+                continue;
+            }
             if let Some(m) = &l.mamba {
                 let mut o = m.forward(li, &a, n, eps, hook, conv);
                 if residual_mult != 1.0 {
@@ -548,10 +667,14 @@ impl Model {
         conv: bool,
     ) {
         let c = &self.config;
+        if matches!(l.ffn, Ffn::None) {
+            return;
+        }
         ops::rms_norm(x, &l.ffn_norm, c.rms_norm_eps, a);
         let mut d = match &l.ffn {
             Ffn::Dense(mlp) => mlp.forward(li, a, n, hook, conv),
             Ffn::Moe(moe) => moe.forward(li, a, n, c.hidden_size, hook, conv),
+            Ffn::None => return,
         };
         if let Some(w) = &l.ffn_post_norm {
             ops::rms_norm_inplace(&mut d, w, c.rms_norm_eps);
@@ -584,5 +707,6 @@ pub(crate) fn granite_shared_mlp(
         up_proj: Linear::from_weight(name, up.to_vec(), inter, h, act),
         down_proj: Linear::load(src, &format!("{p}shared_mlp.output_linear"), h, inter)?,
         gelu: false,
+        relu2: false,
     })
 }
