@@ -568,13 +568,11 @@ def test_runtime_perplexity_equals_llama_cpp(converted, case, ftype, ctx):
     grouped RMSNorm), NoPE attention, multipliers and (Tiny/Small) experts beside the
     shared MLP: its perplexity, from the HF folder and from our GGUF, equals llama.cpp's
     of that GGUF (the trained dense model; the MoE fixtures, random weights, so a huge
-    perplexity). Nemotron-H (relu^2 experts, sigmoid router, 2 SSM groups) runs from its
-    HF folder only. Logits against transformers': crates/pajamas-runtime/tests/reference_logits.rs."""
+    perplexity; Nemotron-H with relu^2 experts, a sigmoid router and 2 SSM groups). Logits against transformers': crates/pajamas-runtime/tests/reference_logits.rs."""
     from test_eval import llama_cpp_eval, our_eval
     path = converted(case)[ftype]
     theirs, n_scored, _ = llama_cpp_eval(path, ctx=ctx, chunks=4)
-    sources = (folder(case),) if case == "nemotron_h" else (folder(case), path)
-    for source in sources:
+    for source in (folder(case), path):
         ours = our_eval(source, ctx=ctx, chunks=4)
         assert ours["scored_tokens"] == n_scored
         rel = abs(ours["perplexity"]["ppl"] / theirs - 1)

@@ -577,9 +577,10 @@ impl ModelConfig {
             "qwen3moe" => (Family::Qwen3, "qwen3_moe"),
             "gemma3" => (Family::Gemma3, "gemma3_text"),
             "granitehybrid" => (Family::GraniteHybrid, "granitemoehybrid"),
+            "nemotron_h" | "nemotron_h_moe" => (Family::NemotronH, "nemotron_h"),
             other => {
                 return Err(err(format!(
-                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3, granitehybrid)"
+                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3, granitehybrid, nemotron_h, nemotron_h_moe)"
                 )))
             }
         };
@@ -631,7 +632,7 @@ impl ModelConfig {
         }
         // Experts as llama.cpp's loader reads them: Mixtral (`llama`) experts are
         // feed_forward_length wide and their weights renormalised, Qwen2-MoE's are not.
-        let moe = match uint("expert_count").filter(|n| *n > 0) {
+        let mut moe = match uint("expert_count").filter(|n| *n > 0) {
             None => None,
             Some(n_experts) => Some(MoeConfig {
                 n_experts,
@@ -712,6 +713,47 @@ impl ModelConfig {
                 embedding_multiplier: scale("embedding_scale"),
                 residual_multiplier: scale("residual_scale"),
                 logits_scaling: scale("logit_scale"),
+            })
+        } else if family == Family::NemotronH {
+            // A block is attention where head_count_kv > 0, an MLP/MoE where
+            // feed_forward_length > 0, else Mamba-2 (llama.cpp's rule).
+            let per_layer = |k: &str| -> Result<Vec<usize>> {
+                match f.get(&key(k)) {
+                    Some(pajamas_gguf::Value::Array(a)) if a.len() == n_layers => Ok((0..a.len())
+                        .map(|i| a.get(i).and_then(|v| v.as_uint()).unwrap_or(0) as usize)
+                        .collect()),
+                    _ => Err(err(format!("{} is not a per-layer array", key(k)))),
+                }
+            };
+            let (kv, ff) = (
+                per_layer("attention.head_count_kv")?,
+                per_layer("feed_forward_length")?,
+            );
+            let blocks: Vec<BlockKind> = kv
+                .iter()
+                .zip(&ff)
+                .map(|(&k, &w)| match (k > 0, w > 0) {
+                    (true, _) => BlockKind::Attention,
+                    (false, true) if moe.is_some() => BlockKind::Moe,
+                    (false, true) => BlockKind::Mlp,
+                    (false, false) => BlockKind::Mamba,
+                })
+                .collect();
+            if let Some(m) = moe.as_mut() {
+                m.sigmoid_scale = Some(float("expert_weights_scale").unwrap_or(1.0) as f32);
+            }
+            let heads = need("ssm.time_step_rank")?;
+            Some(HybridConfig {
+                mamba_layers: blocks.iter().map(|b| *b == BlockKind::Mamba).collect(),
+                blocks,
+                ssm_heads: heads,
+                ssm_head_dim: need("ssm.inner_size")? / heads.max(1),
+                ssm_state: need("ssm.state_size")?,
+                ssm_groups: need("ssm.group_count")?.max(1),
+                conv_kernel: need("ssm.conv_kernel")?,
+                embedding_multiplier: 1.0,
+                residual_multiplier: 1.0,
+                logits_scaling: 1.0,
             })
         } else {
             None
