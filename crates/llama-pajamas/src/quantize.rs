@@ -129,13 +129,15 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
                 }
                 Some(HybridMap::Pieces(pieces)) => {
                     check_float(&t)?;
+                    // A split source (gate+up) counts once in the progress total.
+                    let share = t.info.nbytes() / pieces.len().max(1) as u64;
                     for p in pieces {
                         out.push(SourceTensor {
                             parts: vec![name.clone()],
                             gguf: p.gguf,
                             ne: p.ne,
                             transform: Tx::Hybrid(p.op),
-                            bytes: t.info.nbytes(),
+                            bytes: share,
                         });
                     }
                 }
