@@ -4,7 +4,7 @@
 //! transformed (rope permutation, Gemma norm offset), then quantized into each requested
 //! file; only one tensor (and its quantized copies) is in memory at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,9 +14,10 @@ use serde::Serialize;
 
 use pajamas_arch::{detect, ArchitectureInfo};
 use pajamas_convert::from_gguf::config_from_gguf;
+use pajamas_convert::hybrid::{self, HybridLayout, HybridMap};
 use pajamas_convert::metadata::{llama3_rope_factors, model_metadata, tokenizer_metadata};
 use pajamas_convert::{
-    gguf_arch, map_expert, map_name, read_vocab, sort_key, Transform, CONVERTIBLE,
+    gguf_arch_for, map_expert, map_name, read_vocab, sort_key, Transform, CONVERTIBLE,
 };
 use pajamas_gguf::{GgufFile, GgufWriter, Value};
 use pajamas_model::{locate, CacheEnv, HfModel, ListedTensor, ModelLocation};
@@ -57,8 +58,17 @@ struct SourceTensor {
     parts: Vec<String>,
     gguf: String,
     ne: Vec<u64>,
-    transform: Transform,
+    transform: Tx,
     bytes: u64,
+}
+
+/// How a source tensor's values change on their way into GGUF.
+#[derive(Debug, Clone, Copy)]
+enum Tx {
+    /// The dense and MoE families' transforms (`pajamas_convert::names`).
+    Plain(Transform),
+    /// The hybrid Mamba-2 families' (`pajamas_convert::hybrid`).
+    Hybrid(hybrid::Op),
 }
 
 /// The result of a run: plans (always) and written files (unless dry-run).
@@ -99,10 +109,45 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
     let mut out = Vec::new();
     // Per-expert matrices, gathered into their stacked tensor: name -> (expert, tensor).
     let mut experts: BTreeMap<String, Vec<(u64, ListedTensor)>> = BTreeMap::new();
+    let layout = arch.hybrid.as_ref().map(|h| HybridLayout {
+        model_type: arch.model_type.clone(),
+        heads,
+        kv_heads: kv,
+        ssm_groups: h.ssm.num_groups,
+        has_experts: arch.moe.is_some(),
+    });
     for t in model.tensors() {
         let name = &t.info.name;
         if arch.tie_word_embeddings && name == "lm_head.weight" {
             continue; // stored twice by some checkpoints; GGUF keeps the embedding only
+        }
+        if let Some(layout) = layout.as_ref().filter(|l| hybrid::is_hybrid(&l.model_type)) {
+            match hybrid::map_hybrid(name, &t.info.shape, layout) {
+                Some(HybridMap::Expert { gguf, expert }) => {
+                    check_float(&t)?;
+                    experts.entry(gguf).or_default().push((expert, t));
+                }
+                Some(HybridMap::Pieces(pieces)) => {
+                    check_float(&t)?;
+                    // A split source (gate+up) counts once in the progress total.
+                    let share = t.info.nbytes() / pieces.len().max(1) as u64;
+                    for p in pieces {
+                        out.push(SourceTensor {
+                            parts: vec![name.clone()],
+                            gguf: p.gguf,
+                            ne: p.ne,
+                            transform: Tx::Hybrid(p.op),
+                            bytes: share,
+                        });
+                    }
+                }
+                None => bail!(
+                    "{}: tensor '{name}' has no GGUF name for model_type '{}'; this checkpoint has a layout we do not convert yet",
+                    t.shard.display(),
+                    arch.model_type
+                ),
+            }
+            continue;
         }
         if let Some((gguf, e)) = map_expert(name) {
             check_float(&t)?;
@@ -125,7 +170,7 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
             parts: vec![name.clone()],
             gguf,
             ne,
-            transform,
+            transform: Tx::Plain(transform),
             bytes: t.info.nbytes(),
         });
     }
@@ -157,7 +202,7 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
             parts: list.iter().map(|(_, t)| t.info.name.clone()).collect(),
             gguf,
             ne,
-            transform: Transform::None,
+            transform: Tx::Plain(Transform::None),
             bytes: list.iter().map(|(_, t)| t.info.nbytes()).sum(),
         });
     }
@@ -205,21 +250,25 @@ impl Source {
         &self,
         t: &SourceTensor,
         computed: Option<&Vec<f32>>,
+        cache: &mut RawCache,
         raw_sink: &mut dyn FnMut(&str, &[f32]) -> Result<()>,
     ) -> Result<Vec<f32>> {
         match (self, t.parts.as_slice()) {
             (_, []) => Ok(computed.cloned().expect("computed tensors are precomputed")),
             (Source::Hf(model), [hf]) => {
-                let raw = model.read_f32_streaming(hf)?;
-                check_values(hf, &raw)?;
-                raw_sink(hf, &raw)?;
-                let rows: u64 = t.ne.iter().skip(1).product();
-                Ok(pajamas_convert::names::apply(
-                    t.transform,
-                    raw,
-                    rows as usize,
-                    t.ne[0] as usize,
-                ))
+                let raw = cache.get(hf, || {
+                    let raw = model.read_f32_streaming(hf)?;
+                    check_values(hf, &raw)?;
+                    raw_sink(hf, &raw)?;
+                    Ok(raw)
+                })?;
+                Ok(match t.transform {
+                    Tx::Plain(tr) => {
+                        let rows: u64 = t.ne.iter().skip(1).product();
+                        pajamas_convert::names::apply(tr, raw, rows as usize, t.ne[0] as usize)
+                    }
+                    Tx::Hybrid(op) => hybrid::apply(op, raw, &t.ne),
+                })
             }
             (Source::Hf(model), experts) => {
                 // A stacked expert tensor: the experts' matrices one after the other.
@@ -245,6 +294,52 @@ impl Source {
     }
 }
 
+/// Source tensors that feed more than one GGUF tensor (Granite's fused gate+up
+/// `input_linear`, split in two): read once, held until their last use.
+struct RawCache {
+    remaining: HashMap<String, usize>,
+    held: HashMap<String, Vec<f32>>,
+}
+
+impl RawCache {
+    fn new(tensors: &[SourceTensor]) -> Self {
+        let mut remaining = HashMap::new();
+        for t in tensors {
+            if let [one] = t.parts.as_slice() {
+                *remaining.entry(one.clone()).or_insert(0) += 1;
+            }
+        }
+        RawCache {
+            remaining,
+            held: HashMap::new(),
+        }
+    }
+
+    /// The values of `name`, from `read` the first time, then from memory.
+    fn get(&mut self, name: &str, read: impl FnOnce() -> Result<Vec<f32>>) -> Result<Vec<f32>> {
+        let left = match self.remaining.get_mut(name) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        let held = if left == 0 {
+            self.held.remove(name)
+        } else {
+            self.held.get(name).cloned()
+        };
+        if let Some(v) = held {
+            return Ok(v);
+        }
+        let v = read()?;
+        if left > 0 {
+            self.held.insert(name.to_string(), v.clone());
+        }
+        Ok(v)
+    }
+}
+
 /// Runs `quantize llm --formats gguf`.
 pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
     let (source, dir, arch, mut tensors, mut meta, name) = match locate(
@@ -255,7 +350,7 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             let model = HfModel::open(&dir)?;
             let arch = detect(model.config())
                 .with_context(|| dir.join("config.json").display().to_string())?;
-            let arch_name = gguf_arch(&arch.model_type).ok_or_else(|| {
+            let arch_name = gguf_arch_for(&arch).ok_or_else(|| {
                 anyhow!(
                     "{}: converting model_type '{}' to GGUF is not supported yet (supported: {})",
                     dir.display(),
@@ -300,7 +395,7 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
                     parts: vec![t.name.clone()],
                     gguf: t.name.clone(),
                     ne: t.dims.clone(),
-                    transform: Transform::None,
+                    transform: Tx::Plain(Transform::None),
                     bytes: t.nbytes,
                 })
                 .collect();
@@ -337,7 +432,7 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             parts: vec![],
             gguf: "rope_freqs.weight".into(),
             ne: vec![f.len() as u64],
-            transform: Transform::None,
+            transform: Tx::Plain(Transform::None),
             bytes: 0,
         });
         tensors.sort_by_key(|t| sort_key(&t.gguf));
@@ -499,7 +594,12 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         ProgressBar::hidden()
     };
     let started = Instant::now();
-    let mut tensors_read = 0usize;
+    let tensors_read = tensors
+        .iter()
+        .flat_map(|t| t.parts.iter())
+        .collect::<HashSet<_>>()
+        .len();
+    let mut cache = RawCache::new(&tensors);
     for t in &tensors {
         bar.set_message(t.gguf.clone());
         let mut to_mlx = |hf: &str, raw: &[f32]| -> Result<()> {
@@ -512,8 +612,7 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             }
             Ok(())
         };
-        let data = source.read(t, rope_freqs.as_ref(), &mut to_mlx)?;
-        tensors_read += t.parts.len();
+        let data = source.read(t, rope_freqs.as_ref(), &mut cache, &mut to_mlx)?;
         let importance = imatrix.as_ref().and_then(|im| im.importance(&t.gguf));
         for (w, plan) in writers.iter_mut().zip(&plans) {
             let planned = plan.get(&t.gguf).expect("planned");

@@ -2,10 +2,11 @@
 //! which metadata llama.cpp needs for each architecture, and the tokenizer vocabulary.
 
 pub mod from_gguf;
+pub mod hybrid;
 pub mod metadata;
 pub mod names;
 pub mod sentencepiece;
 pub mod tokenizer;
 
-pub use names::{gguf_arch, map_expert, map_name, sort_key, Transform, CONVERTIBLE};
+pub use names::{gguf_arch, gguf_arch_for, map_expert, map_name, sort_key, Transform, CONVERTIBLE};
 pub use tokenizer::{read_vocab, TokenizerError, Vocab};

@@ -1,6 +1,6 @@
 //! The GGUF metadata llama.cpp's loader needs, per architecture, from config.json.
 
-use pajamas_arch::{ArchitectureInfo, AttentionSpan};
+use pajamas_arch::{ArchitectureInfo, AttentionSpan, HybridInfo, MixerKind};
 use pajamas_gguf::{Array, Value};
 use serde_json::Value as Json;
 
@@ -115,7 +115,9 @@ pub fn model_metadata(
                 Value::U32(moe.expert_ffn_size as u32),
             );
         }
-        if let (Some(w), "qwen2moe") = (moe.shared_expert_ffn_size, arch_name) {
+        if let (Some(w), "qwen2moe" | "granitehybrid" | "nemotron_h_moe") =
+            (moe.shared_expert_ffn_size, arch_name)
+        {
             put(
                 &key("expert_shared_feed_forward_length"),
                 Value::U32(w as u32),
@@ -165,7 +167,131 @@ pub fn model_metadata(
             }
         }
     }
+    if let Some(h) = &a.hybrid {
+        hybrid_metadata(&mut m, arch_name, a, h, config);
+    }
     m
+}
+
+/// Sets `key` to `value`: in place if an earlier rule wrote it, else appended.
+fn set(m: &mut Metadata, key: String, value: Value) {
+    match m.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => m.push((key, value)),
+    }
+}
+
+/// The keys of the hybrid Mamba-2 architectures (`granitehybrid`, `nemotron_h`,
+/// `nemotron_h_moe`), over the generic ones: the SSM sizes, per-layer arrays (llama.cpp
+/// runs a layer as Mamba-2 iff its `head_count_kv` is 0, and for Nemotron-H also its
+/// `feed_forward_length`), Granite's multipliers and Nemotron-H's router settings.
+fn hybrid_metadata(
+    m: &mut Metadata,
+    arch_name: &str,
+    a: &ArchitectureInfo,
+    h: &HybridInfo,
+    config: &Json,
+) {
+    let key = |s: &str| format!("{arch_name}.{s}");
+    let u = |x: u64| Value::U32(x as u32);
+    let ssm = &h.ssm;
+    set(m, key("ssm.conv_kernel"), u(ssm.conv_kernel));
+    set(m, key("ssm.inner_size"), u(ssm.inner_size));
+    set(m, key("ssm.state_size"), u(ssm.state_size));
+    // llama.cpp's "time step rank" of Mamba-2 is the number of SSM heads.
+    set(m, key("ssm.time_step_rank"), u(ssm.num_heads));
+    set(m, key("ssm.group_count"), u(ssm.num_groups));
+    let kv = a.attention.as_ref().map(|x| x.num_kv_heads).unwrap_or(0);
+    let per_layer_kv = h
+        .layer_mixers
+        .iter()
+        .map(|k| {
+            if *k == MixerKind::Attention {
+                kv as i32
+            } else {
+                0
+            }
+        })
+        .collect();
+    set(
+        m,
+        key("attention.head_count_kv"),
+        Value::Array(Array::I32(per_layer_kv)),
+    );
+    let cfg_f = |k: &str| config.get(k).and_then(Json::as_f64);
+    if arch_name == "granitehybrid" {
+        // Dense Granite 4.0-H (no experts): the shared MLP is the layer's FFN.
+        if a.moe.is_none() {
+            if let Some(w) = config
+                .get("shared_intermediate_size")
+                .and_then(Json::as_u64)
+            {
+                set(m, key("feed_forward_length"), u(w));
+            }
+        }
+        // Granite's mup multipliers; llama.cpp reads a missing or zero one as "none".
+        for (hf, gguf) in [
+            ("attention_multiplier", "attention.scale"),
+            ("embedding_multiplier", "embedding_scale"),
+            ("residual_multiplier", "residual_scale"),
+            ("logits_scaling", "logit_scale"),
+        ] {
+            if let Some(x) = cfg_f(hf).filter(|x| *x != 0.0) {
+                set(m, key(gguf), Value::F32(x as f32));
+            }
+        }
+        // llama.cpp's granitehybrid applies rope unless this says otherwise; Granite
+        // 4.0-H's attention has no positional encoding (`position_embedding_type: nope`).
+        let rope = config.get("position_embedding_type").and_then(Json::as_str) == Some("rope");
+        set(m, key("rope.scaling.finetuned"), Value::Bool(rope));
+    } else {
+        // Nemotron-H: a block is a Mamba-2 mixer, attention, an MLP or an MoE; llama.cpp
+        // tells them apart by head_count_kv and feed_forward_length being 0 or not.
+        let moe_layers = a
+            .moe
+            .as_ref()
+            .map(|x| x.moe_layers.clone())
+            .unwrap_or_default();
+        let width = a
+            .moe
+            .as_ref()
+            .map(|x| x.expert_ffn_size)
+            .or(a.intermediate_size)
+            .unwrap_or(0);
+        let ffn = h
+            .layer_mixers
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let ffn_block =
+                    *k == MixerKind::None && (a.moe.is_none() || moe_layers.contains(&(i as u64)));
+                if ffn_block {
+                    width as i32
+                } else {
+                    0
+                }
+            })
+            .collect();
+        set(m, key("feed_forward_length"), Value::Array(Array::I32(ffn)));
+        let eps = cfg_f("layer_norm_epsilon")
+            .or_else(|| cfg_f("rms_norm_eps"))
+            .unwrap_or(1e-5) as f32;
+        set(m, key("attention.layer_norm_epsilon"), Value::F32(eps));
+        set(m, key("attention.layer_norm_rms_epsilon"), Value::F32(eps));
+        if let Some(moe) = &a.moe {
+            set(m, key("expert_shared_count"), u(moe.num_shared_experts));
+            set(
+                m,
+                key("expert_weights_norm"),
+                Value::Bool(moe.norm_topk_prob),
+            );
+            let scale = cfg_f("routed_scaling_factor").unwrap_or(1.0);
+            set(m, key("expert_weights_scale"), Value::F32(scale as f32));
+            if let Some(g) = config.get("n_group").and_then(Json::as_u64) {
+                set(m, key("expert_group_count"), u(g));
+            }
+        }
+    }
 }
 
 /// llama-3 rope scaling: one factor per rotary frequency, written as the `rope_freqs`

@@ -29,8 +29,19 @@ pub fn gguf_arch(model_type: &str) -> Option<&'static str> {
         "qwen2_moe" => "qwen2moe",
         "qwen3_moe" => "qwen3moe",
         "gemma3" | "gemma3_text" => "gemma3",
+        "granitemoehybrid" => "granitehybrid",
+        "nemotron_h" => "nemotron_h",
         _ => return None,
     })
+}
+
+/// The GGUF architecture of a detected model: as [`gguf_arch`], except that llama.cpp
+/// names a Nemotron-H with mixture-of-experts blocks `nemotron_h_moe`.
+pub fn gguf_arch_for(a: &pajamas_arch::ArchitectureInfo) -> Option<&'static str> {
+    match gguf_arch(&a.model_type)? {
+        "nemotron_h" if a.moe.is_some() => Some("nemotron_h_moe"),
+        other => Some(other),
+    }
 }
 
 /// Model types we convert to GGUF today.
@@ -44,6 +55,8 @@ pub const CONVERTIBLE: &[&str] = &[
     "mixtral",
     "qwen2_moe",
     "qwen3_moe",
+    "granitemoehybrid",
+    "nemotron_h",
 ];
 
 /// Maps one HF tensor name. `None` for tensors that GGUF does not store (e.g. rotary
@@ -140,6 +153,13 @@ pub fn map_expert(hf: &str) -> Option<(String, u64)> {
 pub fn sort_key(gguf_name: &str) -> (u64, u64, u64) {
     const ORDER: &[&str] = &[
         "attn_norm",
+        "ssm_in",
+        "ssm_conv1d",
+        "ssm_dt",
+        "ssm_a",
+        "ssm_d",
+        "ssm_norm",
+        "ssm_out",
         "attn_q",
         "attn_q_norm",
         "attn_k",
@@ -152,6 +172,7 @@ pub fn sort_key(gguf_name: &str) -> (u64, u64, u64) {
         "ffn_up",
         "ffn_down",
         "ffn_gate_inp",
+        "exp_probs_b",
         "ffn_gate_exps",
         "ffn_down_exps",
         "ffn_up_exps",

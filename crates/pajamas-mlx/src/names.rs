@@ -41,6 +41,14 @@ pub enum MlxFamily {
     Mixtral,
     Qwen2Moe,
     Qwen3Moe,
+    /// `mlx_lm.models.granitemoehybrid` with experts (Granite 4.0-H Tiny/Small): Mamba-2
+    /// and attention layers; the stacked `block_sparse_moe.input_linear` is split into
+    /// `switch_mlp.{gate,up}_proj` and `output_linear` becomes `switch_mlp.down_proj`, as
+    /// its `sanitize` does; the shared MLP keeps its fused `shared_mlp.input_linear`.
+    GraniteMoeHybrid,
+    /// The same class without experts (`num_local_experts: 0`, Granite 4.0-H Micro): its
+    /// `sanitize` turns `shared_mlp.{input,output}_linear` into `mlp.{gate,up,down}_proj`.
+    GraniteMoeHybridDense,
 }
 
 /// Model types we write MLX checkpoints for.
@@ -54,6 +62,7 @@ pub const MLX_MODEL_TYPES: &[&str] = &[
     "mixtral",
     "qwen2_moe",
     "qwen3_moe",
+    "granitemoehybrid",
 ];
 
 impl MlxFamily {
@@ -63,6 +72,13 @@ impl MlxFamily {
             .get("model_type")
             .and_then(Value::as_str)
             .unwrap_or("");
+        let experts = config
+            .get("num_local_experts")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        if mt == "granitemoehybrid" && experts == 0 {
+            return Ok(MlxFamily::GraniteMoeHybridDense);
+        }
         Self::from_model_type(mt)
     }
 
@@ -76,6 +92,7 @@ impl MlxFamily {
             "mixtral" => MlxFamily::Mixtral,
             "qwen2_moe" => MlxFamily::Qwen2Moe,
             "qwen3_moe" => MlxFamily::Qwen3Moe,
+            "granitemoehybrid" => MlxFamily::GraniteMoeHybrid,
             other => return Err(MlxError::UnsupportedModelType(other.to_string())),
         })
     }
@@ -91,6 +108,7 @@ impl MlxFamily {
             MlxFamily::Mixtral => "mixtral",
             MlxFamily::Qwen2Moe => "qwen2_moe",
             MlxFamily::Qwen3Moe => "qwen3_moe",
+            MlxFamily::GraniteMoeHybrid | MlxFamily::GraniteMoeHybridDense => "granitemoehybrid",
         }
     }
 
@@ -122,6 +140,8 @@ impl MlxFamily {
                 | MlxFamily::Mixtral
                 | MlxFamily::Qwen2Moe
                 | MlxFamily::Qwen3Moe
+                | MlxFamily::GraniteMoeHybrid
+                | MlxFamily::GraniteMoeHybridDense
         )
     }
 }
@@ -133,6 +153,10 @@ pub enum Mapped {
     Keep(String),
     /// Slice `expert` of the stacked parameter `name` (`...switch_mlp.gate_proj.weight`).
     Expert { name: String, expert: usize },
+    /// A fused gate+up matrix (`[.., 2n, in]`, gate rows first) written as two
+    /// parameters: rows `[0, n)` of every stacked matrix under `first`, rows `[n, 2n)`
+    /// under `second`.
+    Split { first: String, second: String },
     /// Not written, for this reason.
     Drop(&'static str),
 }
@@ -145,6 +169,9 @@ pub enum ModuleKind {
     Embedding,
     Linear,
     Norm,
+    /// A module mlx never quantizes other than a norm (Mamba's `conv1d`) or a bare
+    /// parameter (Mamba's `A_log`, `D`, `dt_bias`): kept in the model dtype.
+    Other,
 }
 
 /// Leaves of a decoder layer that mlx-lm's classes for our families define.
@@ -171,6 +198,14 @@ const LAYER_LEAVES: &[(&str, ModuleKind)] = &[
     ("mlp.shared_expert.up_proj", ModuleKind::Linear),
     ("mlp.shared_expert.down_proj", ModuleKind::Linear),
     ("mlp.shared_expert_gate", ModuleKind::Linear),
+    // Granite 4.0-H: Mamba-2 mixer, router, shared MLP.
+    ("mamba.in_proj", ModuleKind::Linear),
+    ("mamba.out_proj", ModuleKind::Linear),
+    ("mamba.conv1d", ModuleKind::Other),
+    ("mamba.norm", ModuleKind::Norm),
+    ("block_sparse_moe.router.layer", ModuleKind::Linear),
+    ("shared_mlp.input_linear", ModuleKind::Linear),
+    ("shared_mlp.output_linear", ModuleKind::Linear),
     ("input_layernorm", ModuleKind::Norm),
     ("post_attention_layernorm", ModuleKind::Norm),
     ("pre_feedforward_layernorm", ModuleKind::Norm),
@@ -215,6 +250,9 @@ pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxEr
             return Ok(Mapped::Expert { name, expert });
         }
     }
+    if let Some(m) = granite_ffn(&text, family) {
+        return Ok(m);
+    }
     if text.ends_with(".rotary_emb.inv_freq") {
         return Ok(Mapped::Drop(
             "precomputed rope frequencies: not a parameter in mlx-lm (sanitize drops it)",
@@ -232,6 +270,35 @@ pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxEr
         });
     }
     Ok(Mapped::Keep(format!("{}{text}", family.prefix())))
+}
+
+/// Granite 4.0-H's FFN tensors that mlx-lm's `sanitize` renames or splits.
+fn granite_ffn(hf: &str, family: MlxFamily) -> Option<Mapped> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let l = |n: &str| format!("model.layers.{layer}.{n}");
+    match (family, leaf) {
+        (MlxFamily::GraniteMoeHybrid, "block_sparse_moe.input_linear.weight") => {
+            Some(Mapped::Split {
+                first: l("block_sparse_moe.switch_mlp.gate_proj.weight"),
+                second: l("block_sparse_moe.switch_mlp.up_proj.weight"),
+            })
+        }
+        (MlxFamily::GraniteMoeHybrid, "block_sparse_moe.output_linear.weight") => Some(
+            Mapped::Keep(l("block_sparse_moe.switch_mlp.down_proj.weight")),
+        ),
+        (MlxFamily::GraniteMoeHybridDense, "shared_mlp.input_linear.weight") => {
+            Some(Mapped::Split {
+                first: l("mlp.gate_proj.weight"),
+                second: l("mlp.up_proj.weight"),
+            })
+        }
+        (MlxFamily::GraniteMoeHybridDense, "shared_mlp.output_linear.weight") => {
+            Some(Mapped::Keep(l("mlp.down_proj.weight")))
+        }
+        _ => None,
+    }
 }
 
 /// A per-expert HF matrix (`model.layers.L.mlp.experts.E.up_proj.weight`, Mixtral's
@@ -277,6 +344,10 @@ pub fn module_kind(mlx_name: &str) -> Option<ModuleKind> {
     let (layer, leaf) = rest.split_once('.')?;
     layer.parse::<u32>().ok()?;
     let (module, part) = leaf.rsplit_once('.')?;
+    // Mamba-2's bare parameters (no `.weight`).
+    if module == "mamba" && matches!(part, "A_log" | "D" | "dt_bias") {
+        return Some(ModuleKind::Other);
+    }
     let kind = LAYER_LEAVES
         .iter()
         .find(|(l, _)| *l == module)
@@ -284,7 +355,7 @@ pub fn module_kind(mlx_name: &str) -> Option<ModuleKind> {
     match (kind, part) {
         (_, "weight") => Some(kind),
         // qwen2's q/k/v projections carry biases (attention_bias / mlp_bias elsewhere).
-        (ModuleKind::Linear, "bias") => Some(kind),
+        (ModuleKind::Linear | ModuleKind::Other, "bias") => Some(kind),
         _ => None,
     }
 }
@@ -313,6 +384,7 @@ mod tests {
             Mapped::Keep(n) => n,
             Mapped::Drop(why) => panic!("{hf} dropped: {why}"),
             Mapped::Expert { name, expert } => panic!("{hf} is expert {expert} of {name}"),
+            Mapped::Split { first, second } => panic!("{hf} is split into {first}, {second}"),
         }
     }
 
@@ -458,5 +530,57 @@ mod tests {
             Some(12)
         );
         assert_eq!(layer_index("lm_head"), None);
+    }
+
+    #[test]
+    fn granite_hybrid_layout() {
+        let moe = MlxFamily::GraniteMoeHybrid;
+        assert_eq!(
+            map_name(
+                "model.layers.1.block_sparse_moe.input_linear.weight",
+                moe,
+                true
+            )
+            .unwrap(),
+            Mapped::Split {
+                first: "model.layers.1.block_sparse_moe.switch_mlp.gate_proj.weight".into(),
+                second: "model.layers.1.block_sparse_moe.switch_mlp.up_proj.weight".into(),
+            }
+        );
+        assert_eq!(
+            keep(
+                "model.layers.1.block_sparse_moe.output_linear.weight",
+                moe,
+                true
+            ),
+            "model.layers.1.block_sparse_moe.switch_mlp.down_proj.weight"
+        );
+        assert_eq!(
+            keep("model.layers.1.shared_mlp.input_linear.weight", moe, true),
+            "model.layers.1.shared_mlp.input_linear.weight"
+        );
+        let dense = MlxFamily::GraniteMoeHybridDense;
+        assert_eq!(
+            keep(
+                "model.layers.0.shared_mlp.output_linear.weight",
+                dense,
+                true
+            ),
+            "model.layers.0.mlp.down_proj.weight"
+        );
+        assert_eq!(
+            module_kind("model.layers.0.mamba.A_log"),
+            Some(ModuleKind::Other)
+        );
+        assert_eq!(
+            module_kind("model.layers.0.mamba.conv1d.bias"),
+            Some(ModuleKind::Other)
+        );
+        assert_eq!(
+            module_kind("model.layers.0.mamba.in_proj.weight"),
+            Some(ModuleKind::Linear)
+        );
+        let cfg = serde_json::json!({"model_type": "granitemoehybrid", "num_local_experts": 0});
+        assert_eq!(MlxFamily::from_config(&cfg).unwrap(), dense);
     }
 }

@@ -195,6 +195,10 @@ pub struct PlannedTensor {
     /// matrices it is made of, expert by expert (`source` is the first).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<String>,
+    /// One half of a fused gate+up source (`Mapped::Split`): 0 takes the first half of
+    /// the rows of every stacked matrix, 1 the second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half: Option<u8>,
 }
 
 impl PlannedTensor {
@@ -283,7 +287,7 @@ pub struct MlxPlan {
     pub tensors: Vec<PlannedTensor>,
     pub dropped: Vec<DroppedTensor>,
     #[serde(skip)]
-    by_source: HashMap<String, usize>,
+    by_source: HashMap<String, Vec<usize>>,
     /// Expert matrices read so far of stacked parameters not yet complete.
     #[serde(skip)]
     pending: Arc<Mutex<PendingExperts>>,
@@ -344,8 +348,24 @@ pub fn plan_mlx(
     // Stacked expert parameters: name -> (index in `planned`, [(expert, source, shape)]).
     let mut stacks: HashMap<String, Stack> = HashMap::new();
     for t in tensors {
+        let mut shape = t.shape.clone();
+        let mut halves: Vec<(String, Option<u8>)> = Vec::new();
         let name = match map_name(&t.name, family, tied)? {
             Mapped::Keep(n) => n,
+            Mapped::Split { first, second } => {
+                // Two parameters of half the rows each.
+                let k = shape.len().saturating_sub(2);
+                if shape.len() < 2 || !shape[k].is_multiple_of(2) {
+                    return Err(MlxError::UnknownTensor {
+                        name: t.name.clone(),
+                        family: family.mlx_lm_module(),
+                    });
+                }
+                shape[k] /= 2;
+                halves.push((second, Some(1)));
+                halves.insert(0, (first, Some(0)));
+                halves[0].0.clone()
+            }
             Mapped::Expert { name, expert } => {
                 if let Some((_, parts)) = stacks.get_mut(&name) {
                     parts.push((expert, t.name.clone(), t.shape.clone()));
@@ -379,39 +399,54 @@ pub fn plan_mlx(
         let out_dtype = dtype
             .or_else(|| MlxDtype::from_dtype(t.dtype))
             .unwrap_or(MlxDtype::F32);
-        let kind = names::module_kind(&name).expect("map_name keeps known names only");
-        let is_weight = name.ends_with(".weight");
-        planned.push(PlannedTensor {
-            source: t.name.clone(),
-            module: module_path(&name).to_string(),
-            name,
-            kind,
-            shape: t.shape.clone(),
-            dtype: out_dtype,
-            quant: None,
-            reason: String::new(),
-            parts: Vec::new(),
-        });
-        let p = planned.last_mut().expect("just pushed");
-        if !is_weight {
-            p.reason = format!("bias: kept in {out_dtype} (mlx quantizes weights only)");
-        } else if kind == ModuleKind::Norm {
-            p.reason = format!(
+        // Mamba's depthwise conv: HF `[C, 1, K]`, mlx `[C, K, 1]` (sanitize's moveaxis;
+        // the same bytes).
+        if name.ends_with("conv1d.weight") && shape.len() == 3 && shape[1] == 1 {
+            shape = vec![shape[0], shape[2], 1];
+        }
+        if halves.is_empty() {
+            halves.push((name, None));
+        }
+        for (name, half) in halves {
+            let kind = names::module_kind(&name).expect("map_name keeps known names only");
+            let is_weight = name.ends_with(".weight");
+            planned.push(PlannedTensor {
+                source: t.name.clone(),
+                module: module_path(&name).to_string(),
+                name,
+                kind,
+                shape: shape.clone(),
+                dtype: out_dtype,
+                quant: None,
+                reason: String::new(),
+                parts: Vec::new(),
+                half,
+            });
+            let p = planned.last_mut().expect("just pushed");
+            if kind == ModuleKind::Other {
+                p.reason = format!(
+                    "kept in {out_dtype}: not a Linear or Embedding (mlx-lm quantizes only those)"
+                );
+            } else if !is_weight {
+                p.reason = format!("bias: kept in {out_dtype} (mlx quantizes weights only)");
+            } else if kind == ModuleKind::Norm {
+                p.reason = format!(
                 "norm: kept in {out_dtype} (mlx-lm quantizes only Linear and Embedding modules)"
             );
-        } else if p.shape.len() < 2 {
-            p.reason = format!("1-D: kept in {out_dtype}");
-        } else if !(p.n_per_row()).is_multiple_of(group_size) {
-            p.reason = format!(
+            } else if p.shape.len() < 2 {
+                p.reason = format!("1-D: kept in {out_dtype}");
+            } else if !(p.n_per_row()).is_multiple_of(group_size) {
+                p.reason = format!(
                 "kept in {out_dtype}: input size {} is not a multiple of group size {group_size}",
                 p.n_per_row()
             );
-        } else {
-            // Quantizable: bits decided below.
-            p.quant = Some(QuantSpec {
-                bits: 0,
-                group_size,
-            });
+            } else {
+                // Quantizable: bits decided below.
+                p.quant = Some(QuantSpec {
+                    bits: 0,
+                    group_size,
+                });
+            }
         }
     }
 
@@ -440,8 +475,9 @@ pub fn plan_mlx(
             for p in planned.iter_mut().filter(|p| p.quant.is_some()) {
                 p.quant = Some(QuantSpec { bits, group_size });
                 p.reason = format!("uniform {bits}-bit");
-                // Qwen3-MoE's model class keeps its routers at 8 bits, group 64.
-                if family == MlxFamily::Qwen3Moe && p.module.ends_with("mlp.gate") {
+                // Qwen3-MoE's and Granite 4.0-H's model classes keep their routers at
+                // 8 bits, group 64.
+                if is_class_router(family, &p.module) {
                     p.quant = Some(QuantSpec {
                         bits: 8,
                         group_size: 64,
@@ -459,15 +495,14 @@ pub fn plan_mlx(
         }
     }
 
-    let by_source = planned
-        .iter()
-        .enumerate()
-        .flat_map(|(i, p)| {
-            let mut names = vec![p.source.clone()];
-            names.extend(p.parts.iter().cloned());
-            names.into_iter().map(move |n| (n, i))
-        })
-        .collect();
+    let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, p) in planned.iter().enumerate() {
+        let mut names = vec![p.source.clone()];
+        names.extend(p.parts.iter().skip(1).cloned());
+        for n in names {
+            by_source.entry(n).or_default().push(i);
+        }
+    }
     Ok(MlxPlan {
         choice,
         family,
@@ -480,6 +515,13 @@ pub fn plan_mlx(
         by_source,
         pending: Arc::default(),
     })
+}
+
+/// A router that the model class's own `quant_predicate` keeps at 8 bits, group 64
+/// (qwen3_moe's `mlp.gate`, granitemoehybrid's `block_sparse_moe.router.layer`).
+fn is_class_router(family: MlxFamily, module: &str) -> bool {
+    (family == MlxFamily::Qwen3Moe && module.ends_with("mlp.gate"))
+        || (family == MlxFamily::GraniteMoeHybrid && module.ends_with("router.layer"))
 }
 
 /// mlx-lm's `mixed_quant_predicate`: `v_proj`/`down_proj` of `use_more_bits` layers and
@@ -584,7 +626,7 @@ fn apply_aware(
                     "shared expert gate: scales the shared expert's output for every token".into(),
                 ),
             ),
-            (ModuleKind::Linear, "gate") => (
+            (ModuleKind::Linear, "gate") | (ModuleKind::Linear, "layer") => (
                 0,
                 c(
                     8,
@@ -592,7 +634,10 @@ fn apply_aware(
                     "router: picks the experts of every token; a flipped choice changes the whole FFN output".into(),
                 ),
             ),
-            (ModuleKind::Linear, _) if p.module.contains(".shared_expert.") => (
+            (ModuleKind::Linear, _)
+                if p.module.contains(".shared_expert.")
+                    || (p.module.contains(".shared_mlp.") && arch.moe.is_some()) =>
+            (
                 1,
                 c(
                     high,
@@ -717,7 +762,10 @@ pub struct MlxPlanSummary {
 
 impl MlxPlan {
     pub fn get(&self, source: &str) -> Option<&PlannedTensor> {
-        self.by_source.get(source).map(|&i| &self.tensors[i])
+        self.by_source
+            .get(source)
+            .and_then(|v| v.first())
+            .map(|&i| &self.tensors[i])
     }
 
     /// Every output tensor in file order (what [`crate::MlxWriter::create`] takes).
@@ -733,9 +781,15 @@ impl MlxPlan {
         self.tensors.iter().map(PlannedTensor::bytes).sum()
     }
 
-    /// Parameters of the unquantized model (mlx-lm's `total_parameters`).
+    /// Parameters of the unquantized model (mlx-lm's `total_parameters`, which counts
+    /// the parameters of leaf modules only: Mamba's `A_log`, `D` and `dt_bias` belong to
+    /// the mixer module itself and are not counted).
     pub fn parameters(&self) -> u64 {
-        self.tensors.iter().map(PlannedTensor::elements).sum()
+        self.tensors
+            .iter()
+            .filter(|t| t.kind != ModuleKind::Other || t.name.contains("conv1d"))
+            .map(PlannedTensor::elements)
+            .sum()
     }
 
     /// Average bits per weight over every parameter.
@@ -745,21 +799,38 @@ impl MlxPlan {
 
     /// Planned modules that are Linear or Embedding: the ones mlx-lm decides on.
     pub fn modules(&self) -> impl Iterator<Item = &PlannedTensor> {
-        self.tensors
-            .iter()
-            .filter(|t| t.kind != ModuleKind::Norm && t.name.ends_with(".weight"))
+        self.tensors.iter().filter(|t| {
+            matches!(t.kind, ModuleKind::Linear | ModuleKind::Embedding)
+                && t.name.ends_with(".weight")
+        })
     }
 
     /// Encodes one source tensor (HF layout, as read; no GGUF transforms) into its
     /// output tensors: `[(name, bytes)]` in file order; empty for a dropped tensor.
     pub fn encode(&self, source: &str, data: &[f32]) -> Result<Vec<(String, Vec<u8>)>, MlxError> {
-        let Some(p) = self.get(source) else {
+        let Some(indices) = self.by_source.get(source) else {
             if self.dropped.iter().any(|d| d.source == source) {
                 return Ok(Vec::new());
             }
             return Err(MlxError::NotPlanned(source.to_string()));
         };
-        let per_part = p.elements() / p.parts.len().max(1) as u64;
+        let mut out = Vec::new();
+        for &index in indices {
+            out.extend(self.encode_one(index, source, data)?);
+        }
+        Ok(out)
+    }
+
+    /// The outputs of planned tensor `index` that `source`'s data completes.
+    fn encode_one(
+        &self,
+        index: usize,
+        source: &str,
+        data: &[f32],
+    ) -> Result<Vec<(String, Vec<u8>)>, MlxError> {
+        let p = &self.tensors[index];
+        let per_part =
+            p.elements() / p.parts.len().max(1) as u64 * if p.half.is_some() { 2 } else { 1 };
         if data.len() as u64 != per_part {
             return Err(MlxError::LengthMismatch {
                 what: "tensor data",
@@ -767,12 +838,27 @@ impl MlxPlan {
                 got: data.len(),
             });
         }
+        let halved;
+        let data = match p.half {
+            None => data,
+            Some(h) => {
+                // Rows [h*n, (h+1)*n) of every stacked matrix of 2n rows.
+                let cols = p.n_per_row();
+                let rows = p.shape[p.shape.len() - 2] as usize;
+                let block = rows * cols;
+                halved = data
+                    .chunks_exact(2 * block)
+                    .flat_map(|m| &m[h as usize * block..(h as usize + 1) * block])
+                    .copied()
+                    .collect::<Vec<f32>>();
+                &halved[..]
+            }
+        };
         let stacked;
         let data = if p.parts.is_empty() {
             data
         } else {
             // Hold each expert until the last one of the stack arrives.
-            let index = self.by_source[source];
             let slot = p.parts.iter().position(|s| s == source).expect("a part");
             let mut pending = self.pending.lock().expect("not poisoned");
             let parts = pending
@@ -822,8 +908,7 @@ impl MlxPlan {
                     // mlx-lm records a model class's own predicate (qwen3_moe's routers)
                     // as the predicate returns it, without `mode`.
                     let entry = if matches!(self.choice, MlxChoice::Uniform { .. })
-                        && self.family == MlxFamily::Qwen3Moe
-                        && m.module.ends_with("mlp.gate")
+                        && is_class_router(self.family, &m.module)
                     {
                         json!({"group_size": s.group_size, "bits": s.bits})
                     } else {
@@ -928,7 +1013,8 @@ impl MlxPlan {
             "module", "shape", "bits", "group"
         );
         for t in &self.tensors {
-            let module_row = t.kind != ModuleKind::Norm && t.name.ends_with(".weight");
+            let module_row = matches!(t.kind, ModuleKind::Linear | ModuleKind::Embedding)
+                && t.name.ends_with(".weight");
             if !verbose && !module_row {
                 continue;
             }

@@ -18,6 +18,14 @@ pub enum Family {
     /// Gemma 3: scaled embeddings, `(1 + w)` norms, sandwich norms around attention and
     /// MLP, GeGLU (tanh GELU), per-head q/k norm, interleaved local/global layers.
     Gemma3,
+    /// IBM Granite 4.0-H (`granitemoehybrid`): Mamba-2 and attention layers (no
+    /// positional encoding), a SwiGLU `shared_mlp` after each mixer (with routed experts
+    /// beside it in the MoE models), Granite's multipliers. See [`HybridConfig`].
+    GraniteHybrid,
+    /// NVIDIA Nemotron-H (`nemotron_h`): blocks of one RMSNorm and one mixer each (Mamba-2,
+    /// attention without positions, a relu^2 MLP, or relu^2 experts with a sigmoid
+    /// router and a shared expert); `backbone.*` names.
+    NemotronH,
 }
 
 impl Family {
@@ -27,6 +35,8 @@ impl Family {
             "qwen2" | "qwen2_moe" => Family::Qwen2,
             "qwen3" | "qwen3_moe" => Family::Qwen3,
             "gemma3" | "gemma3_text" => Family::Gemma3,
+            "granitemoehybrid" => Family::GraniteHybrid,
+            "nemotron_h" => Family::NemotronH,
             _ => return None,
         })
     }
@@ -68,6 +78,187 @@ pub struct MoeConfig {
     pub norm_topk_prob: bool,
     /// Width of the always-on shared expert (Qwen2-MoE, gated by a sigmoid), if any.
     pub shared_ffn: Option<usize>,
+    /// Nemotron-H's router: sigmoid scores, the top-k of score + correction bias, weights
+    /// the chosen scores (renormalised when `norm_topk_prob`) times this factor; relu^2
+    /// experts. `None`: softmax routing, SwiGLU experts.
+    pub sigmoid_scale: Option<f32>,
+}
+
+/// What one Nemotron-H block is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    Mamba,
+    Attention,
+    Mlp,
+    Moe,
+}
+
+/// The Mamba-2 layers and multipliers of a hybrid model (Granite 4.0-H, Nemotron-H).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HybridConfig {
+    /// Per layer: a Mamba-2 mixer (true) or not.
+    pub mamba_layers: Vec<bool>,
+    /// Nemotron-H: each block's single mixer (no separate FFN). Empty for Granite,
+    /// whose layers are mixer + FFN.
+    pub blocks: Vec<BlockKind>,
+    pub ssm_heads: usize,
+    pub ssm_head_dim: usize,
+    pub ssm_state: usize,
+    pub ssm_groups: usize,
+    pub conv_kernel: usize,
+    /// The embeddings are multiplied by this.
+    pub embedding_multiplier: f32,
+    /// Each mixer and FFN output is multiplied by this before the residual add.
+    pub residual_multiplier: f32,
+    /// The logits are divided by this.
+    pub logits_scaling: f32,
+}
+
+impl HybridConfig {
+    /// `ssm_heads * ssm_head_dim`.
+    pub fn d_inner(&self) -> usize {
+        self.ssm_heads * self.ssm_head_dim
+    }
+
+    /// Channels of the causal conv: x, B and C.
+    pub fn conv_dim(&self) -> usize {
+        self.d_inner() + 2 * self.ssm_groups * self.ssm_state
+    }
+
+    /// Width of `in_proj`'s output: z, x, B, C and one dt per head.
+    pub fn d_in_proj(&self) -> usize {
+        self.d_inner() + self.conv_dim() + self.ssm_heads
+    }
+}
+
+/// Granite 4.0-H's experts (Tiny/Small): softmax over the top-k router logits (the
+/// renormalised top-k of the full softmax), SwiGLU experts `intermediate_size` wide, and
+/// the always-on `shared_mlp` as the shared expert. `None` without experts (Micro).
+fn hf_granite_moe(cfg: &Value) -> Result<Option<MoeConfig>> {
+    let n_experts = get_usize(cfg, "num_local_experts")?.unwrap_or(0);
+    if n_experts == 0 {
+        return Ok(None);
+    }
+    Ok(Some(MoeConfig {
+        n_experts,
+        top_k: need_usize(cfg, "num_experts_per_tok")?,
+        expert_ffn: need_usize(cfg, "intermediate_size")?,
+        norm_topk_prob: true,
+        shared_ffn: get_usize(cfg, "shared_intermediate_size")?.filter(|w| *w > 0),
+        sigmoid_scale: None,
+    }))
+}
+
+/// Nemotron-H's blocks and experts from an HF config.
+fn hf_nemotron(cfg: &Value, n_layers: usize) -> Result<(HybridConfig, Option<MoeConfig>)> {
+    let pattern = cfg
+        .get("hybrid_override_pattern")
+        .and_then(Value::as_str)
+        .ok_or_else(|| RuntimeError::Config("missing hybrid_override_pattern".into()))?;
+    let blocks = pattern
+        .chars()
+        .map(|c| match c {
+            'M' => Ok(BlockKind::Mamba),
+            '*' => Ok(BlockKind::Attention),
+            '-' => Ok(BlockKind::Mlp),
+            'E' => Ok(BlockKind::Moe),
+            other => Err(RuntimeError::Config(format!(
+                "hybrid_override_pattern: unknown block {other:?}"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if blocks.len() != n_layers {
+        return Err(RuntimeError::Config(format!(
+            "hybrid_override_pattern has {} blocks for {n_layers} layers",
+            blocks.len()
+        )));
+    }
+    if get_usize(cfg, "n_group")?.unwrap_or(1) > 1 || get_usize(cfg, "moe_latent_size")?.is_some() {
+        return Err(RuntimeError::Config(
+            "Nemotron-H with grouped routing (n_group > 1) or a latent MoE is not supported by the runtime".into(),
+        ));
+    }
+    let moe = if blocks.contains(&BlockKind::Moe) {
+        Some(MoeConfig {
+            n_experts: need_usize(cfg, "n_routed_experts")?,
+            top_k: need_usize(cfg, "num_experts_per_tok")?,
+            expert_ffn: need_usize(cfg, "moe_intermediate_size")?,
+            norm_topk_prob: cfg
+                .get("norm_topk_prob")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            shared_ffn: get_usize(cfg, "moe_shared_expert_intermediate_size")?.filter(|w| *w > 0),
+            sigmoid_scale: Some(get_f64(cfg, "routed_scaling_factor")?.unwrap_or(1.0) as f32),
+        })
+    } else {
+        None
+    };
+    let h = HybridConfig {
+        mamba_layers: blocks.iter().map(|b| *b == BlockKind::Mamba).collect(),
+        blocks,
+        ssm_heads: need_usize(cfg, "mamba_num_heads")?,
+        ssm_head_dim: need_usize(cfg, "mamba_head_dim")?,
+        ssm_state: need_usize(cfg, "ssm_state_size")?,
+        ssm_groups: get_usize(cfg, "n_groups")?.unwrap_or(1).max(1),
+        conv_kernel: get_usize(cfg, "conv_kernel")?.unwrap_or(4),
+        embedding_multiplier: 1.0,
+        residual_multiplier: 1.0,
+        logits_scaling: 1.0,
+    };
+    Ok((h, moe))
+}
+
+/// Granite 4.0-H's hybrid block from an HF config.
+fn hf_granite_hybrid(cfg: &Value, n_layers: usize) -> Result<HybridConfig> {
+    let pe = cfg
+        .get("position_embedding_type")
+        .and_then(Value::as_str)
+        .unwrap_or("rope");
+    if pe != "nope" {
+        return Err(RuntimeError::Config(format!(
+            "position_embedding_type {pe:?}: only Granite 4.0-H's attention without positions (\"nope\") is supported"
+        )));
+    }
+    let types = cfg
+        .get("layer_types")
+        .and_then(Value::as_array)
+        .ok_or_else(|| RuntimeError::Config("missing layer_types".into()))?;
+    if types.len() != n_layers {
+        return Err(RuntimeError::Config(format!(
+            "layer_types has {} entries for {n_layers} layers",
+            types.len()
+        )));
+    }
+    let mamba_layers = types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("mamba") | Some("linear_attention") => Ok(true),
+            Some("attention") | Some("full_attention") => Ok(false),
+            other => Err(RuntimeError::Config(format!(
+                "unknown layer type {other:?}"
+            ))),
+        })
+        .collect::<Result<Vec<bool>>>()?;
+    let mult = |k: &str| -> Result<f32> { Ok(get_f64(cfg, k)?.unwrap_or(1.0) as f32) };
+    let h = HybridConfig {
+        mamba_layers,
+        blocks: Vec::new(),
+        ssm_heads: need_usize(cfg, "mamba_n_heads")?,
+        ssm_head_dim: need_usize(cfg, "mamba_d_head")?,
+        ssm_state: need_usize(cfg, "mamba_d_state")?,
+        ssm_groups: get_usize(cfg, "mamba_n_groups")?.unwrap_or(1),
+        conv_kernel: get_usize(cfg, "mamba_d_conv")?.unwrap_or(4),
+        embedding_multiplier: mult("embedding_multiplier")?,
+        residual_multiplier: mult("residual_multiplier")?,
+        logits_scaling: mult("logits_scaling")?,
+    };
+    if h.ssm_groups == 0 || !h.ssm_heads.is_multiple_of(h.ssm_groups) {
+        return Err(RuntimeError::Config(format!(
+            "{} SSM heads cannot be grouped over {} groups",
+            h.ssm_heads, h.ssm_groups
+        )));
+    }
+    Ok(h)
 }
 
 /// Dense decoder hyper-parameters.
@@ -103,9 +294,12 @@ pub struct ModelConfig {
     pub final_logit_softcap: Option<f32>,
     /// Routed experts, for MoE models.
     pub moe: Option<MoeConfig>,
+    /// Mamba-2 layers and multipliers (Granite 4.0-H).
+    pub hybrid: Option<HybridConfig>,
 }
 
-const SUPPORTED: &str = "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3";
+const SUPPORTED: &str =
+    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3, granitemoehybrid, nemotron_h";
 
 /// The MoE block of an HF config, `None` for dense models.
 fn hf_moe(cfg: &Value, model_type: &str) -> Result<Option<MoeConfig>> {
@@ -132,6 +326,7 @@ fn hf_moe(cfg: &Value, model_type: &str) -> Result<Option<MoeConfig>> {
             .and_then(Value::as_bool)
             .unwrap_or(model_type == "mixtral"),
         shared_ffn,
+        sigmoid_scale: None,
     }))
 }
 
@@ -300,9 +495,30 @@ impl ModelConfig {
                 (None, vec![false; n_layers], None)
             }
         };
+        let nemotron = match family {
+            Family::NemotronH => Some(hf_nemotron(cfg, n_layers)?),
+            _ => None,
+        };
+        let hybrid = match family {
+            Family::GraniteHybrid => Some(hf_granite_hybrid(cfg, n_layers)?),
+            _ => nemotron.as_ref().map(|(h, _)| h.clone()),
+        };
         let attn_scale = match (gemma, get_f64(cfg, "query_pre_attn_scalar")?) {
             (true, Some(s)) => (1.0 / s.sqrt()) as f32,
+            // Granite's scores are scaled by attention_multiplier, not 1/sqrt(head_dim).
+            _ if family == Family::GraniteHybrid => match get_f64(cfg, "attention_multiplier")? {
+                Some(m) => m as f32,
+                None => 1.0 / (head_dim as f32).sqrt(),
+            },
             _ => 1.0 / (head_dim as f32).sqrt(),
+        };
+        // Granite 4.0-H's FFN is the shared MLP.
+        let intermediate_size = match family {
+            Family::GraniteHybrid => match get_usize(cfg, "shared_intermediate_size")? {
+                Some(w) => w,
+                None => need_usize(cfg, "intermediate_size")?,
+            },
+            _ => need_usize(cfg, "intermediate_size")?,
         };
         if get_f64(cfg, "attn_logit_softcapping")?.is_some() {
             return Err(RuntimeError::Config(
@@ -316,10 +532,13 @@ impl ModelConfig {
             n_heads,
             n_kv_heads,
             head_dim,
-            intermediate_size: need_usize(cfg, "intermediate_size")?,
+            intermediate_size,
             n_layers,
             vocab_size: need_usize(cfg, "vocab_size")?,
-            rms_norm_eps: get_f64(cfg, "rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            rms_norm_eps: match get_f64(cfg, "rms_norm_eps")? {
+                Some(e) => e,
+                None => get_f64(cfg, "layer_norm_epsilon")?.unwrap_or(1e-6),
+            } as f32,
             rope,
             rope_local,
             tie_word_embeddings: cfg
@@ -330,7 +549,12 @@ impl ModelConfig {
             layer_sliding,
             attn_scale,
             final_logit_softcap: get_f64(cfg, "final_logit_softcapping")?.map(|c| c as f32),
-            moe: hf_moe(cfg, &model_type)?,
+            moe: match family {
+                Family::GraniteHybrid => hf_granite_moe(cfg)?,
+                Family::NemotronH => nemotron.and_then(|(_, m)| m),
+                _ => hf_moe(cfg, &model_type)?,
+            },
+            hybrid,
             model_type,
         })
     }
@@ -352,9 +576,11 @@ impl ModelConfig {
             "qwen2moe" => (Family::Qwen2, "qwen2_moe"),
             "qwen3moe" => (Family::Qwen3, "qwen3_moe"),
             "gemma3" => (Family::Gemma3, "gemma3_text"),
+            "granitehybrid" => (Family::GraniteHybrid, "granitemoehybrid"),
+            "nemotron_h" | "nemotron_h_moe" => (Family::NemotronH, "nemotron_h"),
             other => {
                 return Err(err(format!(
-                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3)"
+                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3, granitehybrid, nemotron_h, nemotron_h_moe)"
                 )))
             }
         };
@@ -406,7 +632,7 @@ impl ModelConfig {
         }
         // Experts as llama.cpp's loader reads them: Mixtral (`llama`) experts are
         // feed_forward_length wide and their weights renormalised, Qwen2-MoE's are not.
-        let moe = match uint("expert_count").filter(|n| *n > 0) {
+        let mut moe = match uint("expert_count").filter(|n| *n > 0) {
             None => None,
             Some(n_experts) => Some(MoeConfig {
                 n_experts,
@@ -420,6 +646,7 @@ impl ModelConfig {
                     _ => arch != "qwen2moe",
                 },
                 shared_ffn: uint("expert_shared_feed_forward_length").filter(|w| *w > 0),
+                sigmoid_scale: None,
             }),
         };
         let (sliding_window, layer_sliding, rope_local) = if gemma {
@@ -442,6 +669,99 @@ impl ModelConfig {
         } else {
             (None, vec![false; n_layers], None)
         };
+        let hybrid = if family == Family::GraniteHybrid {
+            if matches!(
+                f.get(&key("rope.scaling.finetuned")),
+                Some(pajamas_gguf::Value::Bool(true)) | None
+            ) {
+                return Err(err(
+                    "granitehybrid with rope (rope.scaling.finetuned not false) is not supported by the runtime".into(),
+                ));
+            }
+            // llama.cpp: a layer is recurrent iff its head_count_kv is 0.
+            let kv: Vec<usize> = match f.get(&key("attention.head_count_kv")) {
+                Some(pajamas_gguf::Value::Array(a)) => (0..a.len())
+                    .map(|i| a.get(i).and_then(|v| v.as_uint()).unwrap_or(0) as usize)
+                    .collect(),
+                _ => {
+                    return Err(err(
+                        "attention.head_count_kv is not a per-layer array".into()
+                    ))
+                }
+            };
+            if kv.len() != n_layers {
+                return Err(err(format!(
+                    "attention.head_count_kv has {} entries for {n_layers} layers",
+                    kv.len()
+                )));
+            }
+            let heads = need("ssm.time_step_rank")?;
+            let scale = |k: &str| {
+                float(k)
+                    .filter(|x| *x != 0.0)
+                    .map(|x| x as f32)
+                    .unwrap_or(1.0)
+            };
+            Some(HybridConfig {
+                mamba_layers: kv.iter().map(|&k| k == 0).collect(),
+                blocks: Vec::new(),
+                ssm_heads: heads,
+                ssm_head_dim: need("ssm.inner_size")? / heads.max(1),
+                ssm_state: need("ssm.state_size")?,
+                ssm_groups: need("ssm.group_count")?.max(1),
+                conv_kernel: need("ssm.conv_kernel")?,
+                embedding_multiplier: scale("embedding_scale"),
+                residual_multiplier: scale("residual_scale"),
+                logits_scaling: scale("logit_scale"),
+            })
+        } else if family == Family::NemotronH {
+            // A block is attention where head_count_kv > 0, an MLP/MoE where
+            // feed_forward_length > 0, else Mamba-2 (llama.cpp's rule).
+            let per_layer = |k: &str| -> Result<Vec<usize>> {
+                match f.get(&key(k)) {
+                    Some(pajamas_gguf::Value::Array(a)) if a.len() == n_layers => Ok((0..a.len())
+                        .map(|i| a.get(i).and_then(|v| v.as_uint()).unwrap_or(0) as usize)
+                        .collect()),
+                    _ => Err(err(format!("{} is not a per-layer array", key(k)))),
+                }
+            };
+            let (kv, ff) = (
+                per_layer("attention.head_count_kv")?,
+                per_layer("feed_forward_length")?,
+            );
+            let blocks: Vec<BlockKind> = kv
+                .iter()
+                .zip(&ff)
+                .map(|(&k, &w)| match (k > 0, w > 0) {
+                    (true, _) => BlockKind::Attention,
+                    (false, true) if moe.is_some() => BlockKind::Moe,
+                    (false, true) => BlockKind::Mlp,
+                    (false, false) => BlockKind::Mamba,
+                })
+                .collect();
+            if let Some(m) = moe.as_mut() {
+                m.sigmoid_scale = Some(float("expert_weights_scale").unwrap_or(1.0) as f32);
+            }
+            let heads = need("ssm.time_step_rank")?;
+            Some(HybridConfig {
+                mamba_layers: blocks.iter().map(|b| *b == BlockKind::Mamba).collect(),
+                blocks,
+                ssm_heads: heads,
+                ssm_head_dim: need("ssm.inner_size")? / heads.max(1),
+                ssm_state: need("ssm.state_size")?,
+                ssm_groups: need("ssm.group_count")?.max(1),
+                conv_kernel: need("ssm.conv_kernel")?,
+                embedding_multiplier: 1.0,
+                residual_multiplier: 1.0,
+                logits_scaling: 1.0,
+            })
+        } else {
+            None
+        };
+        let attn_scale = match float("attention.scale").filter(|x| *x != 0.0) {
+            Some(s) if hybrid.is_some() => s as f32,
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        };
         Ok(ModelConfig {
             model_type: model_type.to_string(),
             family,
@@ -459,9 +779,10 @@ impl ModelConfig {
             qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
             sliding_window,
             layer_sliding,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            attn_scale,
             final_logit_softcap: float("final_logit_softcapping").map(|c| c as f32),
             moe,
+            hybrid,
         })
     }
 

@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod hook;
+pub mod mamba;
 pub mod mlx_source;
 pub mod model;
 pub mod moe;
@@ -28,7 +29,7 @@ pub mod perplexity;
 pub mod weights;
 
 pub use act_quant::ActQuant;
-pub use config::{Family, ModelConfig, MoeConfig, Rope};
+pub use config::{BlockKind, Family, HybridConfig, ModelConfig, MoeConfig, Rope};
 pub use error::{Result, RuntimeError};
 pub use eval::{evaluate, ChunkDone, EvalOptions, EvalReport, KlStats};
 pub use hook::{LinearHook, LinearInput, NoHook};

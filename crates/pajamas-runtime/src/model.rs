@@ -4,9 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::act_quant::ActQuant;
-use crate::config::ModelConfig;
+use crate::config::{BlockKind, Family, ModelConfig};
 use crate::error::{Result, RuntimeError};
 use crate::hook::{LinearHook, LinearInput, NoHook};
+use crate::mamba::Mamba2;
 use crate::mlx_source::{is_mlx_dir, MlxSource};
 use crate::moe::MoeWeights;
 use crate::ops::{self, AttentionShape};
@@ -46,6 +47,32 @@ impl Linear {
             in_features: inp,
             act_quant,
         })
+    }
+
+    /// A linear layer from weights already in memory (`[out x inp]`, no bias), e.g. one
+    /// half of a fused gate+up matrix.
+    pub(crate) fn from_weight(
+        tensor: String,
+        weight: Vec<f32>,
+        out: usize,
+        inp: usize,
+        act_quant: Option<ActQuant>,
+    ) -> Self {
+        debug_assert_eq!(weight.len(), out * inp);
+        Linear {
+            tensor,
+            weight: weight.into(),
+            bias: None,
+            out_features: out,
+            in_features: inp,
+            act_quant,
+        }
+    }
+
+    /// A placeholder for a projection the layer does not have (the attention
+    /// projections of a Mamba-2 layer): 0 x 0, never applied.
+    pub(crate) fn empty(tensor: String) -> Self {
+        Self::from_weight(tensor, Vec::new(), 0, 0, None)
     }
 
     /// `x` `[n x in_features]` -> `[n x out_features]`, reporting `x` to the hook first.
@@ -100,6 +127,9 @@ pub struct Mlp {
     pub down_proj: Linear,
     /// GeGLU (Gemma) instead of SwiGLU.
     pub gelu: bool,
+    /// Nemotron-H's ungated `down(relu(up(x))^2)`; `gate_proj` is then an empty
+    /// placeholder.
+    pub relu2: bool,
 }
 
 impl Mlp {
@@ -134,6 +164,23 @@ impl Mlp {
             up_proj: Linear::load(src, up, inter, h)?,
             down_proj: Linear::load(src, down, h, inter)?,
             gelu: false,
+            relu2: false,
+        })
+    }
+
+    /// Nemotron-H's relu^2 MLP: `{prefix}up_proj`, `{prefix}down_proj`.
+    pub(crate) fn load_relu2(
+        src: &dyn WeightSource,
+        prefix: &str,
+        inter: usize,
+        h: usize,
+    ) -> Result<Self> {
+        Ok(Mlp {
+            gate_proj: Linear::empty(format!("{prefix}gate_proj.weight")),
+            up_proj: Linear::load(src, &format!("{prefix}up_proj"), inter, h)?,
+            down_proj: Linear::load(src, &format!("{prefix}down_proj"), h, inter)?,
+            gelu: false,
+            relu2: true,
         })
     }
 
@@ -146,6 +193,16 @@ impl Mlp {
         hook: &mut dyn LinearHook,
         convert: bool,
     ) -> Vec<f32> {
+        if self.relu2 {
+            let mut u = self.up_proj.apply(layer, "up_proj", x, n, hook, convert);
+            u.iter_mut().for_each(|v| {
+                let r = v.max(0.0);
+                *v = r * r;
+            });
+            return self
+                .down_proj
+                .apply(layer, "down_proj", &u, n, hook, convert);
+        }
         let mut g = self
             .gate_proj
             .apply(layer, "gate_proj", x, n, hook, convert);
@@ -166,6 +223,8 @@ impl Mlp {
 pub enum Ffn {
     Dense(Box<Mlp>),
     Moe(Box<MoeWeights>),
+    /// No feed-forward block (Nemotron-H's Mamba-2 and attention blocks).
+    None,
 }
 
 /// The weights of one decoder layer. Norm weights are stored as the factor the
@@ -189,6 +248,9 @@ pub struct LayerWeights {
     pub ffn: Ffn,
     /// Norm of the MLP output before the residual add (Gemma 3).
     pub ffn_post_norm: Option<Vec<f32>>,
+    /// A Mamba-2 layer's mixer (hybrid models); when set it replaces attention, and the
+    /// attention projections above are empty placeholders.
+    pub mamba: Option<Box<Mamba2>>,
 }
 
 /// A dense decoder held in f32.
@@ -211,7 +273,11 @@ pub struct Model {
     pub f16_attention: bool,
 }
 
-fn read_checked(src: &dyn WeightSource, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+pub(crate) fn read_checked(
+    src: &dyn WeightSource,
+    name: &str,
+    expected: &[usize],
+) -> Result<Vec<f32>> {
     if !src.has_tensor(name) {
         return Err(RuntimeError::MissingTensor(name.to_string()));
     }
@@ -255,9 +321,86 @@ impl Model {
         }
     }
 
+    /// Nemotron-H: `backbone.*` names, one mixer per block.
+    fn load_nemotron(src: &dyn WeightSource, c: ModelConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        let hy = c.hybrid.clone().expect("Nemotron-H has a hybrid config");
+        let embed: Arc<[f32]> =
+            read_checked(src, "backbone.embeddings.weight", &[c.vocab_size, h])?.into();
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for (i, kind) in hy.blocks.iter().enumerate() {
+            let p = format!("backbone.layers.{i}.mixer.");
+            let attention = *kind == BlockKind::Attention;
+            let attn = |n: &str, out: usize, inp: usize| {
+                let name = format!("{p}{n}");
+                if attention {
+                    Linear::load(src, &name, out, inp)
+                } else {
+                    Ok(Linear::empty(name))
+                }
+            };
+            let ffn = match (kind, &c.moe) {
+                (BlockKind::Mlp, _) => {
+                    Ffn::Dense(Box::new(Mlp::load_relu2(src, &p, c.intermediate_size, h)?))
+                }
+                (BlockKind::Moe, Some(moe)) => {
+                    Ffn::Moe(Box::new(MoeWeights::load_nemotron(src, i, h, moe)?))
+                }
+                (BlockKind::Moe, None) => {
+                    return Err(RuntimeError::Config(format!(
+                        "block {i} is MoE but the config has no experts"
+                    )))
+                }
+                _ => Ffn::None,
+            };
+            layers.push(LayerWeights {
+                attn_norm: read_checked(src, &format!("backbone.layers.{i}.norm.weight"), &[h])?,
+                q_proj: attn("q_proj", c.q_dim(), h)?,
+                k_proj: attn("k_proj", c.kv_dim(), h)?,
+                v_proj: attn("v_proj", c.kv_dim(), h)?,
+                o_proj: attn("o_proj", h, c.q_dim())?,
+                q_norm: None,
+                k_norm: None,
+                attn_post_norm: None,
+                ffn_norm: Vec::new(),
+                ffn,
+                ffn_post_norm: None,
+                mamba: if *kind == BlockKind::Mamba {
+                    Some(Box::new(Mamba2::load(src, &p, h, &hy)?))
+                } else {
+                    None
+                },
+            });
+        }
+        let norm = read_checked(src, "backbone.norm_f.weight", &[h])?;
+        let lm_head = if src.has_tensor("lm_head.weight") {
+            Linear::load(src, "lm_head", c.vocab_size, h)?
+        } else {
+            Linear::from_weight(
+                "backbone.embeddings.weight".into(),
+                embed.to_vec(),
+                c.vocab_size,
+                h,
+                None,
+            )
+        };
+        Ok(Model {
+            config: c,
+            embed_tokens: embed,
+            layers,
+            norm,
+            lm_head,
+            llama_cpp_activations: true,
+            f16_attention: src.llama_cpp_attention(),
+        })
+    }
+
     /// Loads every weight from `src`.
     pub fn load(src: &dyn WeightSource) -> Result<Self> {
         let c = src.config()?;
+        if c.family == Family::NemotronH {
+            return Self::load_nemotron(src, c);
+        }
         let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let gemma = c.is_gemma();
         let add_one = gemma && !src.norms_include_one();
@@ -273,17 +416,38 @@ impl Model {
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let p = format!("model.layers.{i}.");
+            let mamba = match &c.hybrid {
+                Some(hy) if hy.mamba_layers[i] => {
+                    Some(Box::new(Mamba2::load(src, &format!("{p}mamba."), h, hy)?))
+                }
+                _ => None,
+            };
             let attn = |n: &str, out: usize, inp: usize| {
-                Linear::load(src, &format!("{p}self_attn.{n}"), out, inp)
+                let name = format!("{p}self_attn.{n}");
+                if mamba.is_some() {
+                    Ok(Linear::empty(name))
+                } else {
+                    Linear::load(src, &name, out, inp)
+                }
             };
             // A layer with a router is MoE (Qwen's `mlp_only_layers` keep a dense MLP).
             let ffn = match &c.moe {
+                // Granite 4.0-H's HF layout: stacked experts and a fused shared MLP (its
+                // GGUF files have the per-name layout of the arm below).
+                Some(moe)
+                    if src.has_tensor(&format!("{p}block_sparse_moe.router.layer.weight")) =>
+                {
+                    Ffn::Moe(Box::new(MoeWeights::load_granite(src, i, h, moe)?))
+                }
                 Some(moe)
                     if src.has_tensor(&format!("{p}mlp.gate.weight"))
                         || src.has_tensor(&format!("{p}block_sparse_moe.gate.weight")) =>
                 {
                     let mixtral = src.has_tensor(&format!("{p}block_sparse_moe.gate.weight"));
                     Ffn::Moe(Box::new(MoeWeights::load(src, i, h, moe, mixtral)?))
+                }
+                _ if c.hybrid.is_some() => {
+                    Ffn::Dense(Box::new(granite_shared_mlp(src, &p, inter, h)?))
                 }
                 _ => {
                     let mut mlp = Mlp::load(src, &format!("{p}mlp."), inter, h)?;
@@ -321,6 +485,7 @@ impl Model {
                 ffn_norm,
                 ffn,
                 ffn_post_norm: opt_norm(gemma, "post_feedforward_layernorm", h)?,
+                mamba,
             });
         }
         let final_norm = norm("model.norm.weight", h)?;
@@ -396,6 +561,14 @@ impl Model {
             let scale = (h as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= scale);
         }
+        // Granite's multipliers (1 elsewhere); its hybrid attention has no positions.
+        let (residual_mult, logits_div, use_rope) = match &c.hybrid {
+            Some(hy) => {
+                x.iter_mut().for_each(|v| *v *= hy.embedding_multiplier);
+                (hy.residual_multiplier, hy.logits_scaling, false)
+            }
+            None => (1.0, 1.0, true),
+        };
         let global = ops::RopeTable::new(n, c.head_dim, &c.rope);
         let local = c
             .rope_local
@@ -421,6 +594,26 @@ impl Model {
                 f16: conv && self.f16_attention,
             };
             ops::rms_norm(&x, &l.attn_norm, eps, &mut a);
+            if l.mamba.is_none() && l.q_proj.in_features == 0 {
+                // Nemotron-H's MLP / MoE block: the FFN is the block's mixer.
+                let d = match &l.ffn {
+                    Ffn::Dense(mlp) => mlp.forward(li, &a, n, hook, conv),
+                    Ffn::Moe(moe) => moe.forward(li, &a, n, h, hook, conv),
+                    Ffn::None => unreachable!("a block with neither mixer nor FFN"),
+                };
+                ops::add_inplace(&mut x, &d);
+                continue;
+            }
+            if let Some(m) = &l.mamba {
+                let mut o = m.forward(li, &a, n, eps, hook, conv);
+                if residual_mult != 1.0 {
+                    o.iter_mut().for_each(|v| *v *= residual_mult);
+                }
+                ops::add_inplace(&mut x, &o);
+                drop(o);
+                self.ffn_block(li, l, &mut x, &mut a, n, residual_mult, hook, conv);
+                continue;
+            }
             let mut q = l.q_proj.apply(li, "q_proj", &a, n, hook, conv);
             let mut k = l.k_proj.apply(li, "k_proj", &a, n, hook, conv);
             let v = l.v_proj.apply(li, "v_proj", &a, n, hook, conv);
@@ -428,25 +621,22 @@ impl Model {
                 ops::rms_norm_inplace(&mut q, qn, eps);
                 ops::rms_norm_inplace(&mut k, kn, eps);
             }
-            rope.apply(&mut q, c.n_heads);
-            rope.apply(&mut k, c.n_kv_heads);
+            if use_rope {
+                rope.apply(&mut q, c.n_heads);
+                rope.apply(&mut k, c.n_kv_heads);
+            }
             ops::attention(&q, &k, &v, shape, &mut attn_out);
             drop((q, k, v));
             let mut o = l.o_proj.apply(li, "o_proj", &attn_out, n, hook, conv);
             if let Some(w) = &l.attn_post_norm {
                 ops::rms_norm_inplace(&mut o, w, eps);
             }
+            if residual_mult != 1.0 {
+                o.iter_mut().for_each(|v| *v *= residual_mult);
+            }
             ops::add_inplace(&mut x, &o);
             drop(o);
-            ops::rms_norm(&x, &l.ffn_norm, eps, &mut a);
-            let mut d = match &l.ffn {
-                Ffn::Dense(mlp) => mlp.forward(li, &a, n, hook, conv),
-                Ffn::Moe(moe) => moe.forward(li, &a, n, h, hook, conv),
-            };
-            if let Some(w) = &l.ffn_post_norm {
-                ops::rms_norm_inplace(&mut d, w, eps);
-            }
-            ops::add_inplace(&mut x, &d);
+            self.ffn_block(li, l, &mut x, &mut a, n, residual_mult, hook, conv);
         }
         let rows = n - first_row;
         let mut fin = vec![0.0f32; rows * h];
@@ -457,6 +647,66 @@ impl Model {
         if let Some(cap) = c.final_logit_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
+        if logits_div != 1.0 {
+            logits.iter_mut().for_each(|v| *v /= logits_div);
+        }
         Ok(logits)
     }
+
+    /// The feed-forward half of a layer: norm, FFN, optional post-norm, scaled residual.
+    #[allow(clippy::too_many_arguments)]
+    fn ffn_block(
+        &self,
+        li: usize,
+        l: &LayerWeights,
+        x: &mut [f32],
+        a: &mut [f32],
+        n: usize,
+        residual_mult: f32,
+        hook: &mut dyn LinearHook,
+        conv: bool,
+    ) {
+        let c = &self.config;
+        if matches!(l.ffn, Ffn::None) {
+            return;
+        }
+        ops::rms_norm(x, &l.ffn_norm, c.rms_norm_eps, a);
+        let mut d = match &l.ffn {
+            Ffn::Dense(mlp) => mlp.forward(li, a, n, hook, conv),
+            Ffn::Moe(moe) => moe.forward(li, a, n, c.hidden_size, hook, conv),
+            Ffn::None => return,
+        };
+        if let Some(w) = &l.ffn_post_norm {
+            ops::rms_norm_inplace(&mut d, w, c.rms_norm_eps);
+        }
+        if residual_mult != 1.0 {
+            d.iter_mut().for_each(|v| *v *= residual_mult);
+        }
+        ops::add_inplace(x, &d);
+    }
+}
+
+/// Granite's dense `shared_mlp`: `input_linear` `[2I x hidden]` holds the gate rows, then
+/// the up rows; `output_linear` is the down projection.
+pub(crate) fn granite_shared_mlp(
+    src: &dyn WeightSource,
+    p: &str,
+    inter: usize,
+    h: usize,
+) -> Result<Mlp> {
+    // A GGUF file holds the halves as ffn_gate / ffn_up (the names of a llama MLP).
+    if src.has_tensor(&format!("{p}mlp.gate_proj.weight")) {
+        return Mlp::load(src, &format!("{p}mlp."), inter, h);
+    }
+    let name = format!("{p}shared_mlp.input_linear.weight");
+    let fused = read_checked(src, &name, &[2 * inter, h])?;
+    let act = src.stored_type(&name).and_then(ActQuant::for_weight);
+    let (gate, up) = fused.split_at(inter * h);
+    Ok(Mlp {
+        gate_proj: Linear::from_weight(name.clone(), gate.to_vec(), inter, h, act),
+        up_proj: Linear::from_weight(name, up.to_vec(), inter, h, act),
+        down_proj: Linear::load(src, &format!("{p}shared_mlp.output_linear"), h, inter)?,
+        gelu: false,
+        relu2: false,
+    })
 }

@@ -6,7 +6,7 @@
 use crate::config::MoeConfig;
 use crate::error::Result;
 use crate::hook::LinearHook;
-use crate::model::{Linear, Mlp};
+use crate::model::{granite_shared_mlp, read_checked, Linear, Mlp};
 use crate::ops;
 use crate::weights::WeightSource;
 
@@ -20,6 +20,9 @@ pub struct MoeWeights {
     pub shared: Option<(Mlp, Option<Linear>)>,
     pub top_k: usize,
     pub norm_topk_prob: bool,
+    /// Nemotron-H's sigmoid routing: correction bias (added for the choice only) and the
+    /// factor the weights are scaled by.
+    pub sigmoid: Option<(Vec<f32>, f32)>,
 }
 
 /// One token's choice: expert index and routing weight, `top_k` per token.
@@ -50,7 +53,72 @@ pub fn route(logits: &[f32], n_experts: usize, top_k: usize, norm: bool) -> Vec<
     out
 }
 
+/// Nemotron-H's routing: sigmoid scores, the `top_k` largest `score + bias` (ties to the
+/// lower index), weighted by their scores, renormalised when `norm`, times `scale`.
+pub fn route_sigmoid(
+    logits: &[f32],
+    n_experts: usize,
+    top_k: usize,
+    bias: &[f32],
+    norm: bool,
+    scale: f32,
+) -> Vec<Route> {
+    let mut out = Vec::with_capacity(logits.len() / n_experts.max(1) * top_k);
+    let mut order: Vec<usize> = Vec::with_capacity(n_experts);
+    for row in logits.chunks_exact(n_experts) {
+        let scores: Vec<f32> = row.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect();
+        let choice: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
+        order.clear();
+        order.extend(0..n_experts);
+        order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]).then(a.cmp(&b)));
+        let chosen = &order[..top_k];
+        let total: f32 = if norm {
+            chosen.iter().map(|&e| scores[e]).sum::<f32>() + 1e-20
+        } else {
+            1.0
+        };
+        out.extend(chosen.iter().map(|&e| (e, scores[e] / total * scale)));
+    }
+    out
+}
+
 impl MoeWeights {
+    /// Nemotron-H's block: router `mixer.gate` with `e_score_correction_bias`, relu^2
+    /// experts `mixer.experts.E.{up,down}_proj`, relu^2 shared expert
+    /// `mixer.shared_experts.*`.
+    pub fn load_nemotron(
+        src: &dyn WeightSource,
+        layer: usize,
+        hidden: usize,
+        moe: &MoeConfig,
+    ) -> Result<Self> {
+        let p = format!("backbone.layers.{layer}.mixer.");
+        let router = Linear::load(src, &format!("{p}gate"), moe.n_experts, hidden)?;
+        let bias = read_checked(
+            src,
+            &format!("{p}gate.e_score_correction_bias"),
+            &[moe.n_experts],
+        )?;
+        let experts = (0..moe.n_experts)
+            .map(|e| Mlp::load_relu2(src, &format!("{p}experts.{e}."), moe.expert_ffn, hidden))
+            .collect::<Result<Vec<_>>>()?;
+        let shared = match moe.shared_ffn {
+            Some(w) => Some((
+                Mlp::load_relu2(src, &format!("{p}shared_experts."), w, hidden)?,
+                None,
+            )),
+            None => None,
+        };
+        Ok(MoeWeights {
+            router,
+            experts,
+            shared,
+            top_k: moe.top_k,
+            norm_topk_prob: moe.norm_topk_prob,
+            sigmoid: Some((bias, moe.sigmoid_scale.unwrap_or(1.0))),
+        })
+    }
+
     /// Loads layer `layer`'s block. Tensor names follow the source's HF layout: Mixtral's
     /// `block_sparse_moe.{gate,experts.E.w1|w3|w2}` or Qwen's `mlp.{gate,experts.E.*_proj}`.
     pub fn load(
@@ -97,6 +165,62 @@ impl MoeWeights {
             shared,
             top_k: moe.top_k,
             norm_topk_prob: moe.norm_topk_prob,
+            sigmoid: None,
+        })
+    }
+
+    /// Granite 4.0-H's block in its HF layout: router `block_sparse_moe.router.layer`,
+    /// experts stacked in `block_sparse_moe.input_linear` `[E, 2I, hidden]` (gate rows,
+    /// then up rows, per expert) and `output_linear` `[E, hidden, I]`, and the fused
+    /// `shared_mlp` as an ungated shared expert.
+    pub fn load_granite(
+        src: &dyn WeightSource,
+        layer: usize,
+        hidden: usize,
+        moe: &MoeConfig,
+    ) -> Result<Self> {
+        let p = format!("model.layers.{layer}.");
+        let (ne, w) = (moe.n_experts, moe.expert_ffn);
+        let router = Linear::load(
+            src,
+            &format!("{p}block_sparse_moe.router.layer"),
+            ne,
+            hidden,
+        )?;
+        let in_name = format!("{p}block_sparse_moe.input_linear.weight");
+        let out_name = format!("{p}block_sparse_moe.output_linear.weight");
+        let fused = read_checked(src, &in_name, &[ne, 2 * w, hidden])?;
+        let down = read_checked(src, &out_name, &[ne, hidden, w])?;
+        let experts = (0..ne)
+            .map(|e| {
+                let m = &fused[e * 2 * w * hidden..(e + 1) * 2 * w * hidden];
+                let (gate, up) = m.split_at(w * hidden);
+                Mlp {
+                    gate_proj: Linear::from_weight(in_name.clone(), gate.to_vec(), w, hidden, None),
+                    up_proj: Linear::from_weight(in_name.clone(), up.to_vec(), w, hidden, None),
+                    down_proj: Linear::from_weight(
+                        out_name.clone(),
+                        down[e * hidden * w..(e + 1) * hidden * w].to_vec(),
+                        hidden,
+                        w,
+                        None,
+                    ),
+                    gelu: false,
+                    relu2: false,
+                }
+            })
+            .collect();
+        let shared = match moe.shared_ffn {
+            Some(sw) => Some((granite_shared_mlp(src, &p, sw, hidden)?, None)),
+            None => None,
+        };
+        Ok(MoeWeights {
+            router,
+            experts,
+            shared,
+            top_k: moe.top_k,
+            norm_topk_prob: true,
+            sigmoid: None,
         })
     }
 
@@ -112,7 +236,17 @@ impl MoeWeights {
     ) -> Vec<f32> {
         let n_experts = self.experts.len();
         let logits = self.router.apply(layer, "router", a, n, hook, convert);
-        let routes = route(&logits, n_experts, self.top_k, self.norm_topk_prob);
+        let routes = match &self.sigmoid {
+            Some((bias, scale)) => route_sigmoid(
+                &logits,
+                n_experts,
+                self.top_k,
+                bias,
+                self.norm_topk_prob,
+                *scale,
+            ),
+            None => route(&logits, n_experts, self.top_k, self.norm_topk_prob),
+        };
         hook.on_route(layer, n_experts, &routes);
         // Each (token, slot) output, summed afterwards in slot order per token.
         let k = self.top_k;

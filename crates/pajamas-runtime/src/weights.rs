@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use pajamas_convert::hybrid::{map_hybrid, HybridLayout, HybridMap, Op};
 use pajamas_convert::names::{map_expert, map_name, rope_permutation, Transform};
 use pajamas_gguf::GgufFile;
 use pajamas_model::HfModel;
@@ -115,6 +116,17 @@ impl GgufSource {
 
     fn locate(&self, hf_name: &str) -> Option<(String, Transform)> {
         let c = &self.config;
+        if c.family == crate::config::Family::NemotronH {
+            return self.locate_nemotron(hf_name);
+        }
+        if c.hybrid.is_some() {
+            if let Some(found) = locate_mamba(hf_name) {
+                return Some((found, Transform::None));
+            }
+            // Granite's attention and norms have llama's names; q/k rows are in
+            // llama.cpp's rope order, as for `llama`.
+            return map_name(hf_name, "llama", c.n_heads as u64, c.n_kv_heads as u64);
+        }
         map_name(
             hf_name,
             &c.model_type,
@@ -123,10 +135,50 @@ impl GgufSource {
         )
     }
 
+    fn nemotron_layout(&self) -> HybridLayout {
+        let c = &self.config;
+        HybridLayout {
+            model_type: "nemotron_h".into(),
+            heads: c.n_heads as u64,
+            kv_heads: c.n_kv_heads as u64,
+            ssm_groups: c.hybrid.as_ref().map_or(1, |h| h.ssm_groups as u64),
+            has_experts: c.moe.is_some(),
+        }
+    }
+
+    /// Nemotron-H's `backbone.*` names through the converter's own map (`mixer.A`, not an
+    /// HF tensor, is `ssm_a` = `-exp(A_log)`, read as is).
+    fn locate_nemotron(&self, hf_name: &str) -> Option<(String, Transform)> {
+        if let Some(stem) = hf_name.strip_suffix(".mixer.A") {
+            let layer = stem.strip_prefix("backbone.layers.")?;
+            layer.parse::<u32>().ok()?;
+            return Some((format!("blk.{layer}.ssm_a"), Transform::None));
+        }
+        let layout = self.nemotron_layout();
+        // The shape only decides the GGUF dims, not the name; one that divides evenly.
+        match map_hybrid(hf_name, &[layout.ssm_groups], &layout)? {
+            HybridMap::Pieces(p) if p.len() == 1 => {
+                let t = match p[0].op {
+                    Op::RopePermute { heads } => Transform::RopePermute { heads },
+                    _ => Transform::None,
+                };
+                Some((p[0].gguf.clone(), t))
+            }
+            _ => None,
+        }
+    }
+
     /// A per-expert HF matrix: its stacked GGUF tensor (`{in, out, n_expert}`) and index,
     /// when the file has that expert.
     fn locate_expert(&self, hf_name: &str) -> Option<(&pajamas_gguf::TensorInfo, usize)> {
-        let (gguf_name, e) = map_expert(hf_name)?;
+        let (gguf_name, e) = if self.config.family == crate::config::Family::NemotronH {
+            match map_hybrid(hf_name, &[1], &self.nemotron_layout())? {
+                HybridMap::Expert { gguf, expert } => (gguf, expert),
+                _ => return None,
+            }
+        } else {
+            map_expert(hf_name)?
+        };
         let info = self.file.tensor(&gguf_name)?;
         (info.dims.len() == 3 && e < info.dims[2]).then_some((info, e as usize))
     }
@@ -165,6 +217,28 @@ impl GgufSource {
             self.file.path().display()
         ))
     }
+}
+
+/// The Mamba-2 tensors of a hybrid GGUF by the names the forward pass asks for. `mamba.A`
+/// (not an HF tensor) is `A = -exp(A_log)` as llama.cpp stores it (`ssm_a`), read as is
+/// rather than through a lossy `log`. Shapes are GGUF's (`ssm_conv1d` `[C, K]`, `ssm_a` /
+/// `ssm_d` `[H, 1]`, `ssm_norm` `[G, d_inner / G]`); the model checks element counts.
+fn locate_mamba(hf_name: &str) -> Option<String> {
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let g = match leaf.strip_prefix("mamba.")? {
+        "in_proj.weight" => "ssm_in.weight",
+        "out_proj.weight" => "ssm_out.weight",
+        "conv1d.weight" => "ssm_conv1d.weight",
+        "conv1d.bias" => "ssm_conv1d.bias",
+        "dt_bias" => "ssm_dt.bias",
+        "A" => "ssm_a",
+        "D" => "ssm_d",
+        "norm.weight" => "ssm_norm.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}"))
 }
 
 impl WeightSource for GgufSource {
