@@ -77,7 +77,7 @@ def ggml_dequantize(raw: bytes, ty: str, n: int) -> np.ndarray:
 
 # Rows per comparison: the lattice searches are slow (docs/iquants.md), and CI runs every
 # type x set; docs/iquants.md's table was printed with PAJAMAS_IQ_ROWS=0 (every row).
-ROWS = int(os.environ.get("PAJAMAS_IQ_ROWS", "96"))
+ROWS = int(os.environ.get("PAJAMAS_IQ_ROWS", "64"))
 
 
 @lru_cache(maxsize=None)
