@@ -93,11 +93,10 @@ fn stem(model: &str) -> String {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let name = match name.rsplit_once('-') {
+    match name.rsplit_once('-') {
         Some((head, tail)) if Ftype::from_name(tail).is_some() => head.to_string(),
         _ => name,
-    };
-    name.rsplit('/').next().unwrap_or(&name).to_string()
+    }
 }
 
 /// The imatrix to use: the given file, or `OUTPUT/imatrix/<model>.imatrix.gguf`

@@ -243,7 +243,7 @@ fn quantize_checked(
                     value: src[index],
                 });
             }
-            let (quantize, _) = block_kernels(ty).ok_or(QuantError::Unsupported(ty))?;
+            let (quantize, dequantize) = block_kernels(ty).ok_or(QuantError::Unsupported(ty))?;
             let (bs, ts) = (ty.block_size(), ty.type_size());
             let corrected = objective == Objective::Model && objective::corrected(ty);
             let mut eff = [0f32; QK_K];
@@ -269,7 +269,6 @@ fn quantize_checked(
                 };
                 quantize(x, w, out);
                 if corrected {
-                    let (_, dequantize) = block_kernels(ty).expect("checked above");
                     objective::remove_shrinkage(ty, x, w, out, dequantize, &mut scratch[..bs]);
                 }
             }
