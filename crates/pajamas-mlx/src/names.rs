@@ -49,6 +49,9 @@ pub enum MlxFamily {
     /// The same class without experts (`num_local_experts: 0`, Granite 4.0-H Micro): its
     /// `sanitize` turns `shared_mlp.{input,output}_linear` into `mlp.{gate,up,down}_proj`.
     GraniteMoeHybridDense,
+    /// `mlx_lm.models.nemotron_h`: `backbone.*` names, experts stacked into
+    /// `switch_mlp.fc1` / `fc2` (see [`crate::nemotron_h`]).
+    NemotronH,
 }
 
 /// Model types we write MLX checkpoints for.
@@ -63,6 +66,7 @@ pub const MLX_MODEL_TYPES: &[&str] = &[
     "qwen2_moe",
     "qwen3_moe",
     "granitemoehybrid",
+    "nemotron_h",
 ];
 
 impl MlxFamily {
@@ -93,6 +97,7 @@ impl MlxFamily {
             "qwen2_moe" => MlxFamily::Qwen2Moe,
             "qwen3_moe" => MlxFamily::Qwen3Moe,
             "granitemoehybrid" => MlxFamily::GraniteMoeHybrid,
+            "nemotron_h" => MlxFamily::NemotronH,
             other => return Err(MlxError::UnsupportedModelType(other.to_string())),
         })
     }
@@ -109,6 +114,7 @@ impl MlxFamily {
             MlxFamily::Qwen2Moe => "qwen2_moe",
             MlxFamily::Qwen3Moe => "qwen3_moe",
             MlxFamily::GraniteMoeHybrid | MlxFamily::GraniteMoeHybridDense => "granitemoehybrid",
+            MlxFamily::NemotronH => "nemotron_h",
         }
     }
 
@@ -237,6 +243,12 @@ fn gemma3_text_name(hf: &str) -> Result<String, &'static str> {
 /// Maps one HF tensor name. `tied`: the model ties its output head to the embedding.
 /// An unknown name is an error: mlx-lm would refuse to load a file that has it.
 pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxError> {
+    if family == MlxFamily::NemotronH {
+        return crate::nemotron_h::map_name(hf).ok_or_else(|| MlxError::UnknownTensor {
+            name: hf.to_string(),
+            family: family.mlx_lm_module(),
+        });
+    }
     let text = if family == MlxFamily::Gemma3 {
         match gemma3_text_name(hf) {
             Ok(t) => t,
@@ -334,6 +346,9 @@ fn expert_slot(hf: &str) -> Option<(String, usize)> {
 /// wrapper's `language_model.` prefix.
 pub fn module_kind(mlx_name: &str) -> Option<ModuleKind> {
     let name = mlx_name.strip_prefix("language_model.").unwrap_or(mlx_name);
+    if name.starts_with("backbone.") {
+        return crate::nemotron_h::module_kind(name);
+    }
     match name {
         "model.embed_tokens.weight" => return Some(ModuleKind::Embedding),
         "model.norm.weight" => return Some(ModuleKind::Norm),
@@ -368,10 +383,13 @@ pub fn module_path(mlx_name: &str) -> &str {
         .unwrap_or(mlx_name)
 }
 
-/// The decoder layer a module path belongs to (`model.layers.7.mlp.down_proj` -> 7).
+/// The decoder layer a module path belongs to (`model.layers.7.mlp.down_proj` -> 7;
+/// Nemotron-H's `backbone.layers.7.mixer.down_proj` too).
 pub fn layer_index(path: &str) -> Option<u64> {
     let name = path.strip_prefix("language_model.").unwrap_or(path);
-    let rest = name.strip_prefix("model.layers.")?;
+    let rest = name
+        .strip_prefix("model.layers.")
+        .or_else(|| name.strip_prefix("backbone.layers."))?;
     rest.split('.').next()?.parse().ok()
 }
 
