@@ -6,7 +6,9 @@ examples/kernels.rs) against the references:
 (b) our RMSE is at most ggml's reference quantizer's (libggml-base.so from
     llama-cpp-python, the code llama-quantize runs) on the same rows, without and with
     importance weights (then the RMSE is weighted by the importance, the same vector for
-    both). `pytest -s` prints the ratio table;
+    both). `pytest -s` prints the ratio table. This is the row-error objective; model
+    files use the model objective (pajamas-quant objective.rs: magnitude-weighted, no
+    shrinkage), whose bytes gguf-py also reads (test_gguf_py_reads_model_objective_bytes);
 (c) byte layout: our buffers have ggml's row sizes, our dequantizer reads ggml's bytes
     exactly as gguf-py does, and on values that a legacy type represents exactly our bytes
     are ggml's bytes.
@@ -182,7 +184,7 @@ def run(ty: str, set_name: str, weighted: bool) -> dict:
     x = dataset(set_name)
     imp = importance() if weighted else None
     tag = f"{set_name}-{'imp' if weighted else 'plain'}"
-    ours = ours_quantize(x, ty, imp, tag)
+    ours = ours_quantize(x, ty, imp, tag, objective="row-error")
     ours_back = ours_dequantize(ours, ty, x.shape[1], tag + "-ours")
     ref = ggml().quantize(x, ty, imp)
     ref_back = ggml().dequantize(ref, ty, x.size)
@@ -217,6 +219,23 @@ def test_gguf_py_reads_our_bytes(ty, set_name, weighted):
     # ggml's own to_float agrees too (C may fuse multiply-adds: compare to the last bits).
     ggml_back = ggml().dequantize(r["ours"], ty, r["x"].size)
     np.testing.assert_allclose(ggml_back, r["ours_back"], rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("ty", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_gguf_py_reads_model_objective_bytes(ty, weighted):
+    """The model objective rescales the k-quants' super-scales after the search: gguf-py
+    and ggml still read those bytes as we do, and the RMSE stays near the row-error one."""
+    x = dataset("real")
+    imp = importance() if weighted else None
+    tag = f"real-{'imp' if weighted else 'plain'}"
+    ours = ours_quantize(x, ty, imp, tag, objective="model")
+    back = ours_dequantize(ours, ty, x.shape[1], tag + "-model")
+    theirs = gguf_py_dequantize(ours, ty, x.shape[0])
+    assert np.array_equal(theirs.view(np.uint32), back.view(np.uint32))
+    row_error = run(ty, "real", weighted)
+    assert ours != row_error["ours"], "the model objective changed nothing"
+    assert weighted_rmse(x, back, imp) < 1.25 * row_error["rmse_ours"]
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["plain", "imatrix"])

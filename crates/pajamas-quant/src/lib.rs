@@ -211,7 +211,7 @@ fn check_importance(ty: GgmlType, importance: Option<&[f32]>, n: usize) -> Resul
     }
 }
 
-/// What the i-quant searches minimise (other types have one objective).
+/// What the i-quant and k-quant searches minimise (other types have one objective).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Objective {
     /// Whole-model quality (`objective.rs`): importance times `sqrt(σ² + x²)`, and no
@@ -264,6 +264,10 @@ fn quantize_checked(
                         } else {
                             imp
                         }
+                    }
+                    _ if corrected && objective::weighted_without_imatrix(ty) => {
+                        objective::effective_weights(ty, x, &ONES[..bs], &mut eff[..bs]);
+                        &eff[..bs]
                     }
                     _ => &ONES[..bs],
                 };
@@ -457,8 +461,9 @@ mod tests {
         num / den
     }
 
+    /// Row-error objective: these tests guard the searches' squared error.
     fn round_trip(ty: GgmlType, x: &[f32], n: usize, imp: Option<&[f32]>) -> Vec<f32> {
-        let bytes = quantize_rows(ty, x, n, imp).unwrap();
+        let bytes = quantize_rows_with(ty, x, n, imp, Objective::RowError).unwrap();
         assert_eq!(bytes.len(), x.len() / n * ty.row_bytes(n));
         dequantize_rows(ty, &bytes, n).unwrap()
     }

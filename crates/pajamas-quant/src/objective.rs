@@ -1,4 +1,4 @@
-//! What the i-quant searches minimise, as measured on whole models rather than on rows.
+//! What the i-quant and k-quant searches minimise, as measured on whole models rather than on rows.
 //!
 //! Two corrections on top of the plain importance-weighted squared error, both found by
 //! measuring KL divergence of whole models (docs/iquants.md, "Objective"):
@@ -26,13 +26,35 @@ fn sigma_factor(ty: GgmlType) -> f32 {
     }
 }
 
-/// The i-quant types whose searches use these corrections.
+/// The types whose searches use these corrections: the i-quants and the k-quants.
 pub(crate) fn corrected(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         ty,
-        IQ4_NL | IQ4_XS | IQ3_S | IQ3_XXS | IQ2_S | IQ2_XS | IQ2_XXS | IQ1_M | IQ1_S
+        IQ4_NL
+            | IQ4_XS
+            | IQ3_S
+            | IQ3_XXS
+            | IQ2_S
+            | IQ2_XS
+            | IQ2_XXS
+            | IQ1_M
+            | IQ1_S
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
     )
+}
+
+/// The k-quants take the effective weights even without an imatrix (uniform importance),
+/// as ggml's k-quant references weight by magnitude too. Measured on the trained tiny
+/// MoE, hybrid and demo models (docs/kernels.md, "Objective of the k-quants"): lower KL
+/// divergence at Q3_K_M and Q4_K_M on all three but the demo's Q4_K_M.
+pub(crate) fn weighted_without_imatrix(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
 }
 
 /// `imp[i] · sqrt(σ² + x[i]²)` into `out` (same length as `x`).
@@ -43,29 +65,60 @@ pub(crate) fn effective_weights(ty: GgmlType, x: &[f32], imp: &[f32], out: &mut 
     }
 }
 
-/// The block's f16 super-scale.
-fn super_scale(ty: GgmlType, block: &[u8]) -> f32 {
-    let bits = match ty {
-        GgmlType::IQ1_M => (0..4).fold(0u16, |acc, k| {
-            acc | ((u16::from_le_bytes([block[48 + 2 * k], block[49 + 2 * k]]) >> 12) << (4 * k))
-        }),
-        _ => u16::from_le_bytes([block[0], block[1]]),
-    };
+/// Byte offsets of the f16 scales that multiply every value of a block: scaling them all
+/// by α scales the dequantized block by α (the affine k-quants' `d` and `dmin` together).
+/// IQ1_M spreads its super-scale over the scale words and is handled on its own.
+fn scale_offsets(ty: GgmlType) -> &'static [usize] {
+    use GgmlType::*;
+    match ty {
+        Q2_K => &[80, 82],
+        Q3_K => &[108],
+        Q4_K | Q5_K => &[0, 2],
+        Q6_K => &[208],
+        _ => &[0],
+    }
+}
+
+fn get_f16(block: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([block[at], block[at + 1]])).to_f32()
+}
+
+fn iq1_m_super_scale(block: &[u8]) -> f32 {
+    let bits = (0..4).fold(0u16, |acc, k| {
+        acc | ((u16::from_le_bytes([block[48 + 2 * k], block[49 + 2 * k]]) >> 12) << (4 * k))
+    });
     f16::from_bits(bits).to_f32()
 }
 
-fn set_super_scale(ty: GgmlType, block: &mut [u8], d: f32) {
+fn set_iq1_m_super_scale(block: &mut [u8], d: f32) {
     let bits = f16::from_f32(d).to_bits();
-    match ty {
-        GgmlType::IQ1_M => {
-            for k in 0..4 {
-                let at = 48 + 2 * k;
-                let v = u16::from_le_bytes([block[at], block[at + 1]]) & 0x0fff;
-                let v = v | (((bits >> (4 * k)) & 0xf) << 12);
-                block[at..at + 2].copy_from_slice(&v.to_le_bytes());
-            }
+    for k in 0..4 {
+        let at = 48 + 2 * k;
+        let v = u16::from_le_bytes([block[at], block[at + 1]]) & 0x0fff;
+        let v = v | (((bits >> (4 * k)) & 0xf) << 12);
+        block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Multiplies the block's scales by `alpha`, unless a scale would overflow f16 (then the
+/// block is left as it is).
+fn rescale(ty: GgmlType, block: &mut [u8], alpha: f32) {
+    if ty == GgmlType::IQ1_M {
+        let scaled = iq1_m_super_scale(block) * alpha;
+        if scaled.is_finite() && f16::from_f32(scaled).is_finite() {
+            set_iq1_m_super_scale(block, scaled);
         }
-        _ => block[0..2].copy_from_slice(&bits.to_le_bytes()),
+        return;
+    }
+    let offsets = scale_offsets(ty);
+    let scaled: Vec<f16> = offsets
+        .iter()
+        .map(|&at| f16::from_f32(get_f16(block, at) * alpha))
+        .collect();
+    if scaled.iter().all(|v| v.is_finite()) {
+        for (&at, v) in offsets.iter().zip(scaled) {
+            block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
     }
 }
 
@@ -86,11 +139,7 @@ pub(crate) fn remove_shrinkage(
         yx += f64::from(c) * f64::from(a) * f64::from(b);
     }
     if xx > 0.0 && yx > 0.0 {
-        let d = super_scale(ty, block);
-        let scaled = d * (xx / yx) as f32;
-        if scaled.is_finite() && f16::from_f32(scaled).is_finite() {
-            set_super_scale(ty, block, scaled);
-        }
+        rescale(ty, block, (xx / yx) as f32);
     }
 }
 
@@ -120,6 +169,10 @@ mod tests {
             GgmlType::IQ3_XXS,
             GgmlType::IQ1_M,
             GgmlType::IQ4_XS,
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
         ] {
             let mut q = vec![0u8; ty.row_bytes(x.len())];
             quantize_row(ty, &x, Some(&imp), &mut q).unwrap();
@@ -154,9 +207,18 @@ mod tests {
     fn super_scale_round_trips() {
         for &ty in &[GgmlType::IQ1_M, GgmlType::IQ2_XS] {
             let mut block = vec![0xa5u8; ty.type_size()];
-            set_super_scale(ty, &mut block, 0.01234);
-            let d = super_scale(ty, &block);
-            assert_eq!(d, f16::from_f32(0.01234).to_f32());
+            if ty == GgmlType::IQ1_M {
+                set_iq1_m_super_scale(&mut block, 0.01234);
+            } else {
+                block[0..2].copy_from_slice(&f16::from_f32(0.01234).to_le_bytes());
+            }
+            rescale(ty, &mut block, 2.0);
+            let d = if ty == GgmlType::IQ1_M {
+                iq1_m_super_scale(&block)
+            } else {
+                get_f16(&block, 0)
+            };
+            assert_eq!(d, f16::from_f32(0.02468).to_f32());
             if ty == GgmlType::IQ1_M {
                 // The 12 low bits of each scale word are untouched.
                 assert_eq!(block[48], 0xa5);
