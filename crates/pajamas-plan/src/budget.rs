@@ -607,7 +607,7 @@ mod tests {
         let lo: u64 = items.iter().map(|c| c[0].bytes).sum();
         let hi: u64 = items.iter().map(|c| c[5].bytes).sum();
         let mut last = f64::INFINITY;
-        let steps = 50;
+        let steps = 12;
         for k in 0..=steps {
             let b = lo + (hi - lo) / steps * k;
             let s = solve(&items, b).unwrap();
