@@ -82,7 +82,7 @@ pub fn budget_plan(
         &opts.overrides,
         has_im,
     )?;
-    let trades = trade(&reference, arch, &opts.overrides, has_im);
+    let trades = trade(&reference, arch, &opts.overrides);
     let has_output = inputs.iter().any(|t| t.name == "output.weight");
     let traded = trades
         .iter()

@@ -38,9 +38,6 @@ pub const KQUANT_LADDER: &[GgmlType] = &[
 /// k-quants), so that such tensors still take part in the trade.
 pub const SMALL_BLOCK_LADDER: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0];
 
-/// The i-quants added to the ladder when an importance matrix is given.
-pub const IQUANT_LADDER: &[GgmlType] = &[GgmlType::IQ2_S, GgmlType::IQ3_S, GgmlType::IQ4_XS];
-
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -247,12 +244,7 @@ fn protected_in_moe(role: Role) -> bool {
 
 /// Which tensors of `reference` (the ordinary plan at the file type nearest the target)
 /// are traded, and their candidates.
-pub fn trade(
-    reference: &GgufPlan,
-    arch: &ArchitectureInfo,
-    overrides: &Overrides,
-    has_imatrix: bool,
-) -> Vec<Trade> {
+pub fn trade(reference: &GgufPlan, arch: &ArchitectureInfo, overrides: &Overrides) -> Vec<Trade> {
     reference
         .tensors
         .iter()
@@ -277,9 +269,10 @@ pub fn trade(
                 return Trade::Fixed(format!("budget: protected, not traded; {}", t.reason));
             }
             let ne0 = t.ne[0];
+            // The i-quants are not offered: on demo with an imatrix they made the file
+            // worse (docs/budget.md).
             let mut c: Vec<GgmlType> = KQUANT_LADDER
                 .iter()
-                .chain(if has_imatrix { IQUANT_LADDER } else { &[] })
                 .copied()
                 .filter(|ty| ne0.is_multiple_of(ty.block_size() as u64))
                 .collect();
