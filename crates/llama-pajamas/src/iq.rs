@@ -174,6 +174,7 @@ pub fn iq_quantize(a: &IqArgs) -> Result<IqReport> {
         overrides: Overrides::default(),
         pre_tokenizer: None,
         imatrix: Some(imatrix.clone()),
+        budget: None,
         dry_run: false,
         verbose_plan: false,
         force: a.force,

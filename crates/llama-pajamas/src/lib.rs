@@ -10,6 +10,7 @@
 //! println!("{} with {} parameters", report.architecture.model_type, report.architecture.params.total);
 //! ```
 
+pub mod budget;
 pub mod calibration;
 pub mod detect;
 pub mod eval;

@@ -270,8 +270,17 @@ struct LlmArgs {
     #[arg(long)]
     mlx_uniform: bool,
     /// GGUF file types, comma-separated (each source tensor is read once for all).
-    #[arg(long, default_value = "Q4_K_M", value_delimiter = ',')]
+    /// Default: Q4_K_M, or none when --target-bpw/--target-size is given.
+    #[arg(long, value_delimiter = ',')]
     gguf_precision: Vec<String>,
+    /// Also write the GGUF mix that minimises the measured sensitivity within this many
+    /// bits per weight (tensor data over all weights, as llama.cpp's loader prints BPW):
+    /// gguf/bpwB/<name>-bpwB.gguf. See docs/budget.md.
+    #[arg(long, conflicts_with = "target_size")]
+    target_bpw: Option<f64>,
+    /// Like --target-bpw with a file size (header included): 5MB, 4.2MiB, 120M, 3GB.
+    #[arg(long)]
+    target_size: Option<String>,
     /// Output folder (gguf/<TYPE>/<name>-<TYPE>.gguf and manifest.json go inside).
     #[arg(long)]
     output: PathBuf,
@@ -397,8 +406,24 @@ fn run_llm(a: LlmArgs) -> Result<()> {
     } else {
         None
     };
-    let ftypes = parse_ftypes(&a.gguf_precision, "--gguf-precision")?;
+    let budget = match (a.target_bpw, &a.target_size) {
+        (Some(b), _) => Some(pajamas_plan::budget::BudgetSpec::Bpw(b)),
+        (None, Some(s)) => Some(pajamas_plan::budget::BudgetSpec::FileSize(
+            pajamas_plan::budget::parse_size(s).map_err(|e| anyhow!("--target-size {e}"))?,
+        )),
+        (None, None) => None,
+    };
+    if budget.is_some() && !want_gguf {
+        bail!("--target-bpw/--target-size plan a GGUF file: add gguf to --formats");
+    }
+    let precision = if a.gguf_precision.is_empty() && budget.is_none() {
+        vec!["Q4_K_M".to_string()]
+    } else {
+        a.gguf_precision.clone()
+    };
+    let ftypes = parse_ftypes(&precision, "--gguf-precision")?;
     let ftypes = if want_gguf { ftypes } else { Vec::new() };
+    let budget = if want_gguf { budget } else { None };
     let rules = parse_rules(&a.rules)?;
     let opts = QuantizeOptions {
         model: a.model.clone(),
@@ -409,6 +434,7 @@ fn run_llm(a: LlmArgs) -> Result<()> {
         overrides: overrides(&a)?,
         pre_tokenizer: a.pre_tokenizer.clone(),
         imatrix: a.imatrix.clone(),
+        budget,
         dry_run: a.dry_run,
         verbose_plan: a.verbose,
         force: a.force,

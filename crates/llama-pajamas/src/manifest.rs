@@ -27,6 +27,10 @@ pub struct Artifact {
     pub seconds: f64,
     /// Perplexity / KL divergence, filled by `--evaluate` (null until measured).
     pub quality: Option<serde_json::Value>,
+    /// For a budgeted file (`--target-bpw`, `--target-size`): the target and what the
+    /// plan achieved (tensor-data bits per weight, predicted size, total sensitivity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<serde_json::Value>,
 }
 
 impl Artifact {
@@ -37,7 +41,7 @@ impl Artifact {
         }
         Artifact {
             format: "gguf".into(),
-            precision: plan.ftype.name().into(),
+            precision: plan.precision_name(),
             path: path
                 .strip_prefix(root)
                 .unwrap_or(path)
@@ -50,6 +54,10 @@ impl Artifact {
             tensor_types: types,
             seconds: (seconds * 100.0).round() / 100.0,
             quality: None,
+            budget: plan
+                .budget
+                .as_ref()
+                .and_then(|b| serde_json::to_value(b).ok()),
         }
     }
 }
@@ -78,6 +86,7 @@ impl Artifact {
             tensor_types: summary.modules.clone(),
             seconds: (seconds * 100.0).round() / 100.0,
             quality: None,
+            budget: None,
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct QuantizeOptions {
     /// Importance matrix (llama.cpp GGUF or legacy `.dat`) weighting every quantized
     /// tensor's scale search.
     pub imatrix: Option<PathBuf>,
+    /// A budgeted GGUF (`--target-bpw`, `--target-size`), written besides `ftypes`.
+    pub budget: Option<pajamas_plan::budget::BudgetSpec>,
     pub dry_run: bool,
     /// With --dry-run: list every module of the MLX plan, also those kept as they are.
     pub verbose_plan: bool,
@@ -361,7 +363,8 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             let tensors = source_tensors(&model, &arch)?;
             let name = model_name(&opts.model, &dir);
             let mut meta = model_metadata(arch_name, &arch, model.config(), &name);
-            if !opts.dry_run {
+            // The budget's header estimate needs the vocabulary even in a dry run.
+            if !opts.dry_run || opts.budget.is_some() {
                 let vocab = read_vocab(
                     &dir,
                     model.config(),
@@ -448,7 +451,7 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         Some(p) => Some(load_imatrix(p, &tensors)?),
         None => None,
     };
-    let plans = opts
+    let mut plans = opts
         .ftypes
         .iter()
         .map(|&f| {
@@ -462,6 +465,34 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    meta.retain(|(k, _)| k != "general.name");
+    meta.insert(1, ("general.name".into(), Value::String(name.clone())));
+    if let Some(spec) = opts.budget {
+        let sizing = |plan: &GgufPlan| -> u64 {
+            let full = file_metadata(&meta, plan, imatrix.as_ref().zip(opts.imatrix.as_deref()));
+            let infos: Vec<(&str, usize)> = plan
+                .tensors
+                .iter()
+                .map(|t| (t.name.as_str(), t.ne.len()))
+                .collect();
+            pajamas_gguf::size::header_size(&full, &infos)
+        };
+        let plan = crate::budget::budget_plan(
+            spec,
+            &inputs,
+            &arch,
+            opts,
+            imatrix.as_ref(),
+            &sizing,
+            &mut |i| {
+                let mut cache = RawCache::new(&tensors[i..=i]);
+                source.read(&tensors[i], rope_freqs.as_ref(), &mut cache, &mut |_, _| {
+                    Ok(())
+                })
+            },
+        )?;
+        plans.push(plan);
+    }
     if imatrix.is_none() && !opts.dry_run {
         for plan in &plans {
             if let Some(t) = plan.needs_imatrix() {
@@ -520,15 +551,13 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             src_root.display()
         );
     }
-    meta.retain(|(k, _)| k != "general.name");
-    meta.insert(1, ("general.name".into(), Value::String(name.clone())));
 
     let mut writers = Vec::with_capacity(plans.len());
     for plan in &plans {
         let path = out_root
             .join("gguf")
-            .join(plan.ftype.name())
-            .join(format!("{name}-{}.gguf", plan.ftype.name()));
+            .join(plan.precision_name())
+            .join(format!("{name}-{}.gguf", plan.precision_name()));
         if let Source::Gguf(f) = &source {
             if absolute(&path).ok().as_deref() == f.path().canonicalize().ok().as_deref() {
                 bail!(
@@ -543,18 +572,8 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         std::fs::create_dir_all(path.parent().expect("has parent"))
             .with_context(|| format!("creating {}", path.parent().unwrap().display()))?;
         let mut w = GgufWriter::create(&path)?;
-        for (k, v) in &meta {
-            w.add_metadata(k, v.clone())?;
-        }
-        if plan.tensors.iter().any(|t| t.ty.is_quantized()) {
-            w.add_metadata("general.quantization_version", Value::U32(2))?;
-        }
-        w.add_metadata("general.file_type", Value::U32(plan.ftype.id()))?;
-        w.add_metadata("quantize.rules", Value::String(plan.rules.name().into()))?;
-        if let (Some(im), Some(p)) = (&imatrix, &opts.imatrix) {
-            for (k, v) in imatrix_metadata(im, p) {
-                w.add_metadata(k, v)?;
-            }
+        for (k, v) in file_metadata(&meta, plan, imatrix.as_ref().zip(opts.imatrix.as_deref())) {
+            w.add_metadata(&k, v)?;
         }
         for t in &plan.tensors {
             w.add_tensor_info(&t.name, &t.ne, t.ty)?;
@@ -659,6 +678,32 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         outputs,
         manifest: Some(manifest),
     })
+}
+
+/// The metadata of one output file: the model's, then the quantization keys.
+fn file_metadata(
+    meta: &[(String, Value)],
+    plan: &GgufPlan,
+    imatrix: Option<(&pajamas_imatrix::Imatrix, &Path)>,
+) -> Vec<(String, Value)> {
+    let mut m = meta.to_vec();
+    if plan.tensors.iter().any(|t| t.ty.is_quantized()) {
+        m.push(("general.quantization_version".into(), Value::U32(2)));
+    }
+    m.push(("general.file_type".into(), Value::U32(plan.ftype.id())));
+    m.push((
+        "quantize.rules".into(),
+        Value::String(plan.rules.name().into()),
+    ));
+    if let Some(b) = &plan.budget {
+        m.push(("quantize.budget".into(), Value::String(b.label.clone())));
+    }
+    if let Some((im, p)) = imatrix {
+        for (k, v) in imatrix_metadata(im, p) {
+            m.push((k.to_string(), v));
+        }
+    }
+    m
 }
 
 /// `SmolLM2-Q4_K_M` -> `SmolLM2`: the name of a requantized file without its old type.

@@ -226,7 +226,28 @@ pub fn render(r: &DetectReport, list_tensors: bool) -> String {
 pub fn render_plans(plans: &[pajamas_plan::GgufPlan], verbose: bool) -> String {
     let mut o = String::new();
     for p in plans {
-        let _ = writeln!(o, "== GGUF {} ({} rules)", p.ftype, p.rules.name());
+        let _ = writeln!(
+            o,
+            "== GGUF {} ({} rules)",
+            p.precision_name(),
+            p.rules.name()
+        );
+        if let Some(b) = &p.budget {
+            let target = match b.spec {
+                pajamas_plan::budget::BudgetSpec::Bpw(x) => format!("{x} bits/weight"),
+                pajamas_plan::budget::BudgetSpec::FileSize(x) => {
+                    format!("{x} bytes of file ({} of header)", b.header_bytes)
+                }
+            };
+            let _ = writeln!(
+                o,
+                "budget: {target}; {} tensors traded, total sensitivity {:.4e}; others as {} ({})",
+                b.traded_tensors,
+                b.sensitivity,
+                p.ftype,
+                p.rules.name()
+            );
+        }
         let _ = writeln!(
             o,
             "{:<36} {:>18} {:>7} {:>6}  reason",
@@ -253,8 +274,12 @@ pub fn render_plans(plans: &[pajamas_plan::GgufPlan], verbose: bool) -> String {
         }
         let _ = writeln!(
             o,
-            "predicted: {} of tensor data, {:.3} bits/weight over {} tensors ({} 1-D tensors in F32 not listed{})\n",
+            "predicted: {} of tensor data{}, {:.3} bits/weight over {} tensors ({} 1-D tensors in F32 not listed{})\n",
             human_bytes(p.tensor_bytes()),
+            p.budget
+                .as_ref()
+                .map(|b| format!(" ({} bytes of file)", b.predicted_file_bytes))
+                .unwrap_or_default(),
             p.bits_per_weight(),
             p.tensors.len(),
             p.tensors.iter().filter(|t| t.ne.len() < 2).count(),

@@ -25,6 +25,7 @@ fn convert(name: &str, ftype: Ftype, out: &std::path::Path) -> PathBuf {
         overrides: Overrides::default(),
         pre_tokenizer: None,
         imatrix: None,
+        budget: None,
         dry_run: false,
         verbose_plan: false,
         force: true,

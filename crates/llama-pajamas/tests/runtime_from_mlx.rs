@@ -26,6 +26,7 @@ fn convert(name: &str, choice: MlxChoice, out: &Path) -> PathBuf {
         overrides: Overrides::default(),
         pre_tokenizer: None,
         imatrix: None,
+        budget: None,
         dry_run: false,
         verbose_plan: false,
         force: true,

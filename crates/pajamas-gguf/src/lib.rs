@@ -27,6 +27,7 @@ pub mod error;
 pub mod format;
 pub mod inspect;
 pub mod reader;
+pub mod size;
 pub mod value;
 pub mod writer;
 

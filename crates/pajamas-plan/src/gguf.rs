@@ -80,6 +80,9 @@ pub struct GgufPlan {
     pub ftype: Ftype,
     pub rules: Rules,
     pub tensors: Vec<PlannedTensor>,
+    /// Set for a budgeted plan (`--target-bpw`, `--target-size`; see `budget.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::budget::BudgetInfo>,
 }
 
 impl GgufPlan {
@@ -313,6 +316,7 @@ pub fn plan_gguf(
         ftype,
         rules,
         tensors: out,
+        budget: None,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The plan: for each output format, for each tensor, the target type and the rule that
 //! chose it. A plan is a value: printed by `--dry-run`, stored in the manifest, tested.
 
+pub mod budget;
 pub mod ftype;
 pub mod gguf;
 
