@@ -538,3 +538,70 @@ def test_fp8_without_scales_is_refused(fp8_model, tmp_path):
             check=False)
     assert p.returncode != 0
     assert "weight_block_size" in p.stderr and "F8_E4M3" in p.stderr, p.stderr
+
+
+# ---------------------------------------------------------------- our runtime
+
+@pytest.mark.parametrize("ftype", ["F32", "Q8_0", "Q4_K_M"])
+def test_runtime_perplexity_equals_llama_cpp(converted, ftype):
+    """`eval` runs MLA (decompressed kv_b), the grouped sigmoid router with its
+    selection-only bias, shared and dense experts and YaRN rope: its perplexity, from the
+    HF folder (F32 file only) and from our GGUF, equals llama.cpp's on that GGUF within
+    1% (random weights: a huge perplexity). The runtime computes MLA in llama.cpp's
+    absorbed form (k_b on the query, v_b on the latent output), so the activation
+    rounding of quantized files happens where llama.cpp's does. Logits against transformers':
+    crates/pajamas-runtime/tests/deepseek_logits.rs."""
+    from test_eval import llama_cpp_eval, our_eval
+    path = converted("deepseek_v3")[ftype]
+    # 12 chunks: on fewer tokens a routing flip or two (random routers, near-ties)
+    # moves a quantized file's perplexity by ~1% either way.
+    theirs, n_scored, _ = llama_cpp_eval(path, ctx=128, chunks=12)
+    sources = [folder("deepseek_v3"), path] if ftype == "F32" else [path]
+    for source in sources:
+        ours = our_eval(source, ctx=128, chunks=12)
+        assert ours["scored_tokens"] == n_scored
+        rel = abs(ours["perplexity"]["ppl"] / theirs - 1)
+        print(f"\ndeepseek_v3 PPL: ours ({source.name}) {ours['perplexity']['ppl']:.4f}, "
+              f"llama.cpp ({path.name}) {theirs:.4f} ({rel:.4%})")
+        assert rel < 0.01
+
+
+
+def test_imatrix_like_llama_imatrix(converted, tmp_path):
+    """Same entries as llama-imatrix on the same file and text (the MLA halves attn_k_b
+    / attn_v_b recorded per head, head-major, as llama.cpp does for the 3-D weights;
+    one vector per expert), per-expert token counts equal up to a near-tie or two, sums
+    equal to f32/f16 rounding where the counts agree."""
+    import os
+    import subprocess
+    tools = os.environ.get("LLAMA_TOOLS_DIR")
+    if not tools:
+        pytest.skip("LLAMA_TOOLS_DIR is not set (scripts/test.sh builds llama-imatrix)")
+    f32 = converted("deepseek_v3")["F32"]
+    text = tmp_path / "calib.txt"
+    text.write_text((REPO / "data" / "corpora" / "wiki_calib.txt").read_text()[:12000])
+    ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    run("imatrix", "--model", f32, "--calibration", text, "--output", ours, "--ctx", 128, "--chunks", 4)
+    subprocess.run([f"{tools}/llama-imatrix", "-m", str(f32), "-f", str(text), "-o", str(theirs),
+                    "-c", "128", "--chunks", "4", "-t", "2"], check=True, capture_output=True)
+    a = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(ours)).tensors}
+    b = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(theirs)).tensors}
+    assert sorted(a) == sorted(b)
+    cfg = config("deepseek_v3")
+    assert a["blk.1.attn_k_b.weight.in_sum2"].size == cfg["num_attention_heads"] * cfg["qk_nope_head_dim"]
+    assert a["blk.1.attn_v_b.weight.in_sum2"].size == cfg["num_attention_heads"] * cfg["kv_lora_rank"]
+    exps = [k for k in a if "_exps." in k and k.endswith(".counts")]
+    assert exps
+    for k in exps:
+        assert a[k].size == cfg["n_routed_experts"], k
+        assert a[k].sum() == b[k].sum() == cfg["num_experts_per_tok"] * 4 * 128, k
+        assert np.abs(a[k] - b[k]).max() <= 2, (k, a[k].ravel(), b[k].ravel())
+    for k in a:
+        if not k.endswith(".in_sum2"):
+            continue
+        ca, cb = a[k.replace(".in_sum2", ".counts")].ravel(), b[k.replace(".in_sum2", ".counts")].ravel()
+        ra, rb = a[k].reshape(len(ca), -1), b[k].reshape(len(cb), -1)
+        for j in range(len(ca)):
+            if ca[j] == cb[j]:
+                np.testing.assert_allclose(ra[j], rb[j], rtol=2e-3, atol=1e-6 * np.abs(rb[j]).max(),
+                                           err_msg=f"{k} [{j}]")

@@ -158,6 +158,33 @@ pub fn map_deepseek(hf: &str, shape: &[u64], l: &DeepseekLayout) -> Option<Hybri
     one(blk(name), shape)
 }
 
+/// The GGUF weight a runtime tensor name stands for, for importance matrices: the HF
+/// names of single tensors, plus `self_attn.k_b_proj.weight` / `v_b_proj.weight`, the
+/// names the runtime gives the two halves of `kv_b_proj` (`attn_k_b` / `attn_v_b`).
+pub fn gguf_weight_name(hf: &str) -> Option<String> {
+    for (suffix, leaf) in [
+        (".self_attn.k_b_proj.weight", "attn_k_b"),
+        (".self_attn.v_b_proj.weight", "attn_v_b"),
+    ] {
+        if let Some(stem) = hf.strip_suffix(suffix) {
+            let layer: u64 = stem.strip_prefix("model.layers.")?.parse().ok()?;
+            return Some(format!("blk.{layer}.{leaf}.weight"));
+        }
+    }
+    let any = DeepseekLayout {
+        heads: 1,
+        kv_lora_rank: 1,
+        qk_nope_head_dim: 1,
+        v_head_dim: 1,
+        num_layers: u64::MAX,
+    };
+    match map_deepseek(hf, &[1], &any)? {
+        HybridMap::Pieces(p) if p.len() == 1 => Some(p[0].gguf.clone()),
+        HybridMap::Expert { gguf, .. } => Some(gguf),
+        _ => None,
+    }
+}
+
 /// One half of `kv_b_proj` (`[H * (nope + v), kv_lora]`, row-major): the key part
 /// transposed per head (`ne` `{nope, kv_lora, H}`) or the value part (`ne`
 /// `{kv_lora, v, H}`).
@@ -184,6 +211,21 @@ pub fn split_kv_b(data: &[f32], value: bool, ne: &[u64]) -> Vec<f32> {
                 }
             }
         }
+    }
+    out
+}
+
+/// The inverse of [`split_kv_b`]: `kv_b_proj` `[H * (nope + v), kv_lora]` (row-major)
+/// from `attn_k_b` (`{nope, kv_lora, H}`) and `attn_v_b` (`{kv_lora, v, H}`).
+pub fn join_kv_b(k_b: &[f32], v_b: &[f32], nope: usize, v: usize, r: usize) -> Vec<f32> {
+    let heads = k_b.len() / (nope * r).max(1);
+    let mut out = Vec::with_capacity(heads * (nope + v) * r);
+    for h in 0..heads {
+        let k = &k_b[h * nope * r..(h + 1) * nope * r];
+        for i in 0..nope {
+            out.extend((0..r).map(|c| k[c * nope + i]));
+        }
+        out.extend_from_slice(&v_b[h * v * r..(h + 1) * v * r]);
     }
     out
 }
@@ -342,6 +384,14 @@ mod tests {
         ))
         .is_empty());
         assert!(map_deepseek("model.layers.0.self_attn.bogus.weight", &[1], &l).is_none());
+        assert_eq!(
+            gguf_weight_name("model.layers.3.self_attn.v_b_proj.weight").as_deref(),
+            Some("blk.3.attn_v_b.weight")
+        );
+        assert_eq!(
+            gguf_weight_name("model.layers.3.mlp.shared_experts.down_proj.weight").as_deref(),
+            Some("blk.3.ffn_down_shexp.weight")
+        );
         // kv_b with the wrong shape is not guessed at.
         assert!(map_deepseek("model.layers.0.self_attn.kv_b_proj.weight", &[5, 3], &l).is_none());
     }
@@ -370,5 +420,6 @@ mod tests {
         );
         let v = split_kv_b(&data, true, &p[1].ne);
         assert_eq!(v, vec![20., 21., 22., 50., 51., 52.]);
+        assert_eq!(join_kv_b(&k, &v, 2, 1, 3), data);
     }
 }

@@ -1,0 +1,35 @@
+//! Our DeepSeek-V3 forward pass (MLA, grouped sigmoid routing with correction bias,
+//! shared expert, leading dense layer, YaRN) against transformers' logits on the tiny
+//! fixture.
+
+mod common;
+
+use pajamas_runtime::Model;
+
+#[test]
+fn tiny_deepseek_v3_matches_transformers() {
+    let dir = common::fixture("tiny-deepseek_v3");
+    let model = Model::from_hf_dir(&dir).unwrap();
+    let ids = common::read_ids(&dir.join("reference_ids.json"));
+    let (shape, reference) = common::read_npy_f32(&dir.join("reference_logits.npy"));
+    let vocab = model.config.vocab_size;
+    assert_eq!(shape, vec![ids.len(), vocab]);
+    let ours = model.forward(&ids).unwrap();
+    let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let max_diff = ours
+        .iter()
+        .zip(&reference)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("tiny-deepseek_v3: max |diff| {max_diff:.3e}, logit scale {scale:.3}");
+    assert!(
+        max_diff < 1e-4 * scale,
+        "max |diff| {max_diff} vs scale {scale}"
+    );
+    for (t, (a, b)) in ours
+        .chunks_exact(vocab)
+        .zip(reference.chunks_exact(vocab))
+        .enumerate()
+    {
+        assert_eq!(common::argmax(a), common::argmax(b), "argmax at {t}");
+    }
+}
