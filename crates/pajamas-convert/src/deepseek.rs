@@ -248,9 +248,13 @@ pub fn deepseek_metadata(m: &mut Metadata, arch_name: &str, a: &ArchitectureInfo
     set(m, key("vocab_size"), u(a.vocab_size));
     if let Some(mla) = a.attention.as_ref().and_then(|x| x.mla.as_ref()) {
         set(m, key("attention.head_count_kv"), u(1));
-        if let Some(q) = mla.q_lora_rank {
-            set(m, key("attention.q_lora_rank"), u(q));
-        }
+        // 0 without a query LoRA (V2-Lite): llama.cpp's loader then reads attn_q. It
+        // requires the key unless it recognises a Lite model by its layer count.
+        set(
+            m,
+            key("attention.q_lora_rank"),
+            u(mla.q_lora_rank.unwrap_or(0)),
+        );
         set(m, key("attention.kv_lora_rank"), u(mla.kv_lora_rank));
         set(
             m,

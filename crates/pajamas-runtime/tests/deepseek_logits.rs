@@ -1,14 +1,14 @@
-//! Our DeepSeek-V3 forward pass (MLA, grouped sigmoid routing with correction bias,
-//! shared expert, leading dense layer, YaRN) against transformers' logits on the tiny
-//! fixture.
+//! Our DeepSeek forward pass against transformers' logits on the tiny fixtures: V3 (MLA
+//! with a query LoRA, grouped sigmoid routing with correction bias, shared expert,
+//! leading dense layer, YaRN) and V2-Lite style (plain q_proj, softmax routing without
+//! renormalisation, YaRN with mscale 0.707).
 
 mod common;
 
 use pajamas_runtime::Model;
 
-#[test]
-fn tiny_deepseek_v3_matches_transformers() {
-    let dir = common::fixture("tiny-deepseek_v3");
+fn check(name: &str) {
+    let dir = common::fixture(name);
     let model = Model::from_hf_dir(&dir).unwrap();
     let ids = common::read_ids(&dir.join("reference_ids.json"));
     let (shape, reference) = common::read_npy_f32(&dir.join("reference_logits.npy"));
@@ -20,7 +20,7 @@ fn tiny_deepseek_v3_matches_transformers() {
         .iter()
         .zip(&reference)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!("tiny-deepseek_v3: max |diff| {max_diff:.3e}, logit scale {scale:.3}");
+    eprintln!("{name}: max |diff| {max_diff:.3e}, logit scale {scale:.3}");
     assert!(
         max_diff < 1e-4 * scale,
         "max |diff| {max_diff} vs scale {scale}"
@@ -32,4 +32,14 @@ fn tiny_deepseek_v3_matches_transformers() {
     {
         assert_eq!(common::argmax(a), common::argmax(b), "argmax at {t}");
     }
+}
+
+#[test]
+fn tiny_deepseek_v3_matches_transformers() {
+    check("tiny-deepseek_v3");
+}
+
+#[test]
+fn tiny_deepseek_v2_matches_transformers() {
+    check("tiny-deepseek_v2");
 }
