@@ -615,14 +615,14 @@ def test_imatrix_like_llama_imatrix(converted, tmp_path):
 
 # ---------------------------------------------------------------- MLX output
 
-def mlx_source(tmp_path):
+def mlx_source(case, tmp_path):
     """The fixture with config.json in the spelling of the published DeepSeek-V3 config
     (`rope_theta`, `rope_scaling`; transformers 5 nests both in `rope_parameters`), which
     mlx-lm's deepseek_v3 reads and so mlx_lm.convert copies."""
     import shutil
-    d = tmp_path / "src-deepseek_v3"
-    shutil.copytree(folder("deepseek_v3"), d)
-    cfg = config("deepseek_v3")
+    d = tmp_path / f"src-{case}"
+    shutil.copytree(folder(case), d)
+    cfg = config(case)
     rp = dict(cfg.pop("rope_parameters"))
     cfg["rope_theta"] = rp.pop("rope_theta")
     cfg["rope_scaling"] = rp
@@ -640,42 +640,45 @@ def quantize_mlx(src, out, *args):
     (["--mlx-bits", 4, "--mlx-uniform"], dict(q_bits=4)),
     (["--mlx-recipe", "mixed_3_6"], dict(quant_predicate="mixed_3_6")),
 ], ids=["uniform-4bit", "mixed_3_6"])
-def test_mlx_same_bytes_as_mlx_lm_convert(tmp_path, args, kw):
+@pytest.mark.parametrize("case", CASES)
+def test_mlx_same_bytes_as_mlx_lm_convert(tmp_path, case, args, kw):
     """mlx-lm's deepseek_v3 layout: kv_b_proj split into the MultiLinear embed_q (key rows
-    transposed per head) and unembed_out, experts stacked into switch_mlp, the MoEGate
-    router kept unquantized with its correction bias: byte for byte what mlx_lm.convert
-    writes, config.json and index included."""
+    transposed per head) and unembed_out (deepseek_v2: kept as one Linear), experts
+    stacked into switch_mlp, the MoEGate router kept unquantized (V3: with its correction
+    bias): byte for byte what mlx_lm.convert writes, config.json and index included."""
     from mlx_lm.convert import convert
     from test_mlx_load import assert_same_checkpoint
-    src = mlx_source(tmp_path)
+    src = mlx_source(case, tmp_path)
     ours = quantize_mlx(src, tmp_path / "ours", *args, "--mlx-group-size", 32)
     ref = tmp_path / "ref"
     convert(str(src), str(ref), quantize=True, q_group_size=32, **kw)
     assert_same_checkpoint(ours, ref, recipe="--mlx-recipe" in args)
     cfg = json.loads((ours / "config.json").read_text())
-    assert cfg["quantization"]["model.layers.0.self_attn.embed_q"] if "--mlx-recipe" in args else True
+    if case == "deepseek_v3" and "--mlx-recipe" in args:
+        assert cfg["quantization"]["model.layers.0.self_attn.embed_q"]
     assert "model.layers.1.mlp.gate" not in cfg["quantization"], "MoEGate is not quantizable"
 
 
 @pytest.mark.parametrize("args", [["--mlx-bits", 8, "--mlx-uniform"], []], ids=["uniform-8bit", "default"])
-def test_mlx_loads_and_follows_the_reference(tmp_path, args):
+@pytest.mark.parametrize("case", CASES)
+def test_mlx_loads_and_follows_the_reference(tmp_path, case, args):
     """mlx_lm.load reads our output (from the transformers 5 config: our config.json puts
     back rope_theta / rope_scaling, without which mlx-lm would run without YaRN); 8-bit
     logits follow transformers'. The default (architecture-aware mixed) output loads and
     runs."""
     import mlx.core as mx
     from mlx_lm import load
-    out = quantize_mlx(folder("deepseek_v3"), tmp_path / "out", *args, "--mlx-group-size", 32)
+    out = quantize_mlx(folder(case), tmp_path / "out", *args, "--mlx-group-size", 32)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["rope_scaling"]["rope_type"] == "yarn" and cfg["rope_theta"] == 10000.0
     model, _ = load(str(out))
-    ids = ids_of("deepseek_v3")
-    ref = np.load(folder("deepseek_v3") / "reference_logits.npy")
+    ids = ids_of(case)
+    ref = np.load(folder(case) / "reference_logits.npy")
     got = np.array(model(mx.array([ids])).astype(mx.float32))[0]
     assert np.isfinite(got).all()
     argmax = float(np.mean(got.argmax(1) == ref.argmax(1)))
     corr = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
-    print(f"\ndeepseek_v3 MLX {args or 'default'}: argmax {argmax:.1%}, corr {corr:.5f}")
+    print(f"\n{case} MLX {args or 'default'}: argmax {argmax:.1%}, corr {corr:.5f}")
     if args:
         assert argmax >= 0.9 and corr > 0.99
     else:

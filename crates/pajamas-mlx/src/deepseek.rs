@@ -1,5 +1,7 @@
-//! DeepSeek-V3 (`mlx_lm.models.deepseek_v3`): what its `sanitize` does to an HF
-//! checkpoint, done here so that the written checkpoint loads as it is.
+//! DeepSeek-V3 (`mlx_lm.models.deepseek_v3`) and V2 (`deepseek_v2`): what their
+//! `sanitize` does to an HF checkpoint, done here so that the written checkpoint loads
+//! as it is. V2's class keeps `kv_b_proj` as one Linear and has no correction bias;
+//! everything else below holds for both.
 //!
 //! - `self_attn.kv_b_proj` `[H * (nope + v), kv_lora]` becomes two `MultiLinear`s:
 //!   `self_attn.embed_q` `[H, kv_lora, nope]` (each head's key rows, transposed) and
@@ -64,11 +66,15 @@ impl KvBPart {
 }
 
 /// The DeepSeek-specific mapping of one HF name; `None` when the generic rules apply.
-pub fn map_name(hf: &str) -> Option<Mapped> {
+/// `split_kv_b`: V3's class (V2's keeps `kv_b_proj` as one Linear).
+pub fn map_name(hf: &str, split_kv_b: bool) -> Option<Mapped> {
     if hf.ends_with(".weight_scale_inv") {
         return Some(Mapped::Drop(
             "FP8 block scales: applied to their weight when it is read",
         ));
+    }
+    if !split_kv_b {
+        return None;
     }
     let stem = hf.strip_suffix(".self_attn.kv_b_proj.weight")?;
     Some(Mapped::Split {

@@ -53,6 +53,8 @@ pub enum MlxFamily {
     /// `unembed_out`, stacked experts, an unquantized `MoEGate` router (see
     /// [`crate::deepseek`]).
     DeepseekV3,
+    /// `mlx_lm.models.deepseek_v2`: as DeepSeek-V3, but `kv_b_proj` stays one Linear.
+    DeepseekV2,
 }
 
 /// Model types we write MLX checkpoints for.
@@ -68,6 +70,7 @@ pub const MLX_MODEL_TYPES: &[&str] = &[
     "qwen3_moe",
     "granitemoehybrid",
     "deepseek_v3",
+    "deepseek_v2",
 ];
 
 impl MlxFamily {
@@ -99,6 +102,7 @@ impl MlxFamily {
             "qwen3_moe" => MlxFamily::Qwen3Moe,
             "granitemoehybrid" => MlxFamily::GraniteMoeHybrid,
             "deepseek_v3" => MlxFamily::DeepseekV3,
+            "deepseek_v2" => MlxFamily::DeepseekV2,
             other => return Err(MlxError::UnsupportedModelType(other.to_string())),
         })
     }
@@ -116,6 +120,7 @@ impl MlxFamily {
             MlxFamily::Qwen3Moe => "qwen3_moe",
             MlxFamily::GraniteMoeHybrid | MlxFamily::GraniteMoeHybridDense => "granitemoehybrid",
             MlxFamily::DeepseekV3 => "deepseek_v3",
+            MlxFamily::DeepseekV2 => "deepseek_v2",
         }
     }
 
@@ -131,8 +136,17 @@ impl MlxFamily {
     pub fn is_moe(self) -> bool {
         matches!(
             self,
-            MlxFamily::Mixtral | MlxFamily::Qwen2Moe | MlxFamily::Qwen3Moe | MlxFamily::DeepseekV3
+            MlxFamily::Mixtral
+                | MlxFamily::Qwen2Moe
+                | MlxFamily::Qwen3Moe
+                | MlxFamily::DeepseekV3
+                | MlxFamily::DeepseekV2
         )
+    }
+
+    /// DeepSeek-V2/V3 (MLA, `MoEGate` routers).
+    pub fn is_deepseek(self) -> bool {
+        matches!(self, MlxFamily::DeepseekV3 | MlxFamily::DeepseekV2)
     }
 
     /// Whether mlx-lm's class reads `tie_word_embeddings` from the config (llama and
@@ -220,6 +234,7 @@ const LAYER_LEAVES: &[(&str, ModuleKind)] = &[
     ("self_attn.q_b_proj", ModuleKind::Linear),
     ("self_attn.kv_a_proj_with_mqa", ModuleKind::Linear),
     ("self_attn.kv_a_layernorm", ModuleKind::Norm),
+    ("self_attn.kv_b_proj", ModuleKind::Linear),
     ("self_attn.embed_q", ModuleKind::Linear),
     ("self_attn.unembed_out", ModuleKind::Linear),
     ("mlp.shared_experts.gate_proj", ModuleKind::Linear),
@@ -272,8 +287,8 @@ pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxEr
     if let Some(m) = granite_ffn(&text, family) {
         return Ok(m);
     }
-    if family == MlxFamily::DeepseekV3 {
-        if let Some(m) = crate::deepseek::map_name(&text) {
+    if family.is_deepseek() {
+        if let Some(m) = crate::deepseek::map_name(&text, family == MlxFamily::DeepseekV3) {
             return Ok(m);
         }
     }
@@ -384,10 +399,10 @@ pub fn module_kind(mlx_name: &str) -> Option<ModuleKind> {
     }
 }
 
-/// [`module_kind`] for one family: DeepSeek-V3's router `mlp.gate` is a `MoEGate` (a
-/// bare weight and `e_score_correction_bias`), not a Linear.
+/// [`module_kind`] for one family: DeepSeek's router `mlp.gate` is a `MoEGate` (a bare
+/// weight, and V3's `e_score_correction_bias`), not a Linear.
 pub fn module_kind_in(family: MlxFamily, mlx_name: &str) -> Option<ModuleKind> {
-    if family == MlxFamily::DeepseekV3 {
+    if family.is_deepseek() {
         if let Some(stem) = mlx_name
             .strip_suffix(".mlp.gate.weight")
             .or_else(|| mlx_name.strip_suffix(".mlp.gate.e_score_correction_bias"))
@@ -469,8 +484,9 @@ mod tests {
         assert_eq!(f("gemma3").unwrap(), MlxFamily::Gemma3);
         assert_eq!(f("mixtral").unwrap(), MlxFamily::Mixtral);
         assert_eq!(f("deepseek_v3").unwrap(), MlxFamily::DeepseekV3);
+        assert_eq!(f("deepseek_v2").unwrap(), MlxFamily::DeepseekV2);
         assert!(matches!(
-            f("deepseek_v2"),
+            f("deepseek_v32"),
             Err(MlxError::UnsupportedModelType(_))
         ));
     }

@@ -354,7 +354,7 @@ pub fn plan_mlx(
         let mut shape = t.shape.clone();
         let mut halves: Vec<(String, Option<u8>)> = Vec::new();
         let mut kv_b = None;
-        if family == MlxFamily::DeepseekV3 && crate::deepseek::is_mtp(&t.name, arch.num_layers) {
+        if family.is_deepseek() && crate::deepseek::is_mtp(&t.name, arch.num_layers) {
             dropped.push(DroppedTensor {
                 source: t.name.clone(),
                 reason: "multi-token-prediction layer: mlx-lm's deepseek_v3 drops it (sanitize)"
@@ -823,7 +823,7 @@ impl MlxPlan {
             .filter(|t| {
                 t.kind != ModuleKind::Other
                     || t.name.contains("conv1d")
-                    || (self.family == MlxFamily::DeepseekV3 && t.module.ends_with("mlp.gate"))
+                    || (self.family.is_deepseek() && t.module.ends_with("mlp.gate"))
             })
             .map(PlannedTensor::elements)
             .sum()
@@ -1003,7 +1003,7 @@ impl MlxPlan {
         }
         // mlx-lm's deepseek_v3 reads the transformers 4 spellings `rope_theta` and
         // `rope_scaling` (transformers 5 keeps both inside `rope_parameters`).
-        if self.family == MlxFamily::DeepseekV3 {
+        if self.family.is_deepseek() {
             let rp = c.get("rope_parameters").cloned().unwrap_or(Value::Null);
             if !c.contains_key("rope_theta") {
                 if let Some(t) = rp.get("rope_theta") {
