@@ -683,3 +683,29 @@ def test_mlx_loads_and_follows_the_reference(tmp_path, case, args):
         assert argmax >= 0.9 and corr > 0.99
     else:
         assert corr > 0.5
+
+
+def test_fp8_checkpoint_to_mlx_and_runtime(fp8_model, tmp_path):
+    """The FP8 checkpoint's MLX output is byte for byte the MLX output of an F32
+    checkpoint holding its dequantized weights (scales consumed, not written), and our
+    runtime reads the FP8 folder as those weights (same perplexity)."""
+    from test_mlx_load import load_weights as mlx_weights
+    from test_eval import our_eval
+    src, dequant = fp8_model
+    plain = tmp_path / "dequantized"
+    plain.mkdir()
+    for f in src.iterdir():
+        if f.suffix == ".json":
+            (plain / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((plain / "config.json").read_text())
+    del cfg["quantization_config"]
+    (plain / "config.json").write_text(json.dumps(cfg, indent=2))
+    write_raw_safetensors(plain / "model.safetensors", {k: ("F32", v) for k, v in sorted(dequant.items())})
+    a = mlx_weights(quantize_mlx(src, tmp_path / "from-fp8", "--mlx-bits", 4, "--mlx-uniform", "--mlx-group-size", 32))
+    b = mlx_weights(quantize_mlx(plain, tmp_path / "from-f32", "--mlx-bits", 4, "--mlx-uniform", "--mlx-group-size", 32))
+    assert sorted(a) == sorted(b) and not any("scale_inv" in k for k in a)
+    import mlx.core as mx
+    for k in a:
+        assert np.array_equal(np.array(a[k].view(mx.uint8)), np.array(b[k].view(mx.uint8))), k
+    p8, p32 = (our_eval(d, ctx=64, chunks=2)["perplexity"]["ppl"] for d in (src, plain))
+    assert p8 == pytest.approx(p32, rel=1e-6)
