@@ -30,6 +30,7 @@ use serde_json::{json, Map, Value};
 
 use crate::affine::{self, MlxDtype};
 use crate::names::{self, layer_index, map_name, module_path, Mapped, MlxFamily, ModuleKind};
+use crate::nemotron_h;
 use crate::writer::OutputTensor;
 use crate::MlxError;
 
@@ -340,8 +341,10 @@ pub fn plan_mlx(
         )
     });
     // Gemma 3 ties whenever the checkpoint has no lm_head (mlx-lm's gemma3_text sanitize).
-    let tied = arch.tie_word_embeddings
-        || (!has_head && matches!(family, MlxFamily::Gemma3Text | MlxFamily::Gemma3));
+    // Nemotron-H's class always has its own lm_head.
+    let tied = family != MlxFamily::NemotronH
+        && (arch.tie_word_embeddings
+            || (!has_head && matches!(family, MlxFamily::Gemma3Text | MlxFamily::Gemma3)));
     if !tied && !has_head {
         return Err(MlxError::MissingOutputHead);
     }
@@ -414,12 +417,17 @@ pub fn plan_mlx(
         }
         // No float torch_dtype: each tensor keeps its own type (F64 becomes F32, which
         // mlx can hold).
-        let out_dtype = match dtype {
-            // DeepSeek's cast_predicate: the correction bias keeps its stored type.
-            Some(_) if name.ends_with("e_score_correction_bias") => None,
-            d => d,
+        let own_dtype = MlxDtype::from_dtype(t.dtype);
+        // A class's `cast_predicate` keeps some parameters in their checkpoint dtype
+        // (Nemotron-H's; DeepSeek's correction bias).
+        let keep_own = (family == MlxFamily::NemotronH
+            && nemotron_h::keeps_checkpoint_dtype(&name))
+            || (family.is_deepseek() && name.ends_with("e_score_correction_bias"));
+        let out_dtype = if keep_own {
+            own_dtype.or(dtype)
+        } else {
+            dtype.or(own_dtype)
         }
-        .or_else(|| MlxDtype::from_dtype(t.dtype))
         .unwrap_or(MlxDtype::F32);
         // Mamba's depthwise conv: HF `[C, 1, K]`, mlx `[C, K, 1]` (sanitize's moveaxis;
         // the same bytes).
@@ -820,10 +828,13 @@ impl MlxPlan {
     pub fn parameters(&self) -> u64 {
         self.tensors
             .iter()
-            .filter(|t| {
-                t.kind != ModuleKind::Other
-                    || t.name.contains("conv1d")
-                    || (self.family.is_deepseek() && t.module.ends_with("mlp.gate"))
+            .filter(|t| match self.family {
+                MlxFamily::NemotronH => nemotron_h::counts_as_parameter(&t.name),
+                _ => {
+                    t.kind != ModuleKind::Other
+                        || t.name.contains("conv1d")
+                        || (self.family.is_deepseek() && t.module.ends_with("mlp.gate"))
+                }
             })
             .map(PlannedTensor::elements)
             .sum()
