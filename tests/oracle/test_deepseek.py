@@ -710,3 +710,23 @@ def test_fp8_checkpoint_to_mlx_and_runtime(fp8_model, tmp_path):
         assert np.array_equal(np.array(a[k].view(mx.uint8)), np.array(b[k].view(mx.uint8))), k
     p8, p32 = (our_eval(d, ctx=64, chunks=2)["perplexity"]["ppl"] for d in (src, plain))
     assert p8 == pytest.approx(p32, rel=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_llama_cpp_rules_give_llama_quantize_types(converted, case, tmp_path):
+    """`--rules llama.cpp` Q4_K_M: every tensor gets the type llama-quantize gives it from
+    our F16 file (MLA tensors, 3-D attn_k_b / attn_v_b, experts, fallbacks)."""
+    import os
+    import subprocess
+    tools = os.environ.get("LLAMA_TOOLS_DIR")
+    if not tools:
+        pytest.skip("LLAMA_TOOLS_DIR is not set (scripts/test.sh builds llama-quantize)")
+    theirs = tmp_path / "theirs.gguf"
+    subprocess.run([f"{tools}/llama-quantize", str(converted(case)["F16"]), str(theirs), "Q4_K_M", "2"],
+                   check=True, capture_output=True)
+    run("quantize", "llm", "--model", folder(case), "--gguf-precision", "Q4_K_M", "--rules", "llama.cpp",
+        "--output", tmp_path / "ours")
+    ours = tmp_path / "ours" / "gguf" / "Q4_K_M" / f"{folder(case).name}-Q4_K_M.gguf"
+    a = {t.name: t.tensor_type for t in gguf.GGUFReader(str(ours)).tensors}
+    b = {t.name: t.tensor_type for t in gguf.GGUFReader(str(theirs)).tensors}
+    assert a == b, {k: (a[k].name, b.get(k)) for k in a if a[k] != b.get(k)}
