@@ -401,6 +401,40 @@ mod tests {
     }
 
     #[test]
+    fn published_v3_metadata() {
+        let cfg: Json = serde_json::from_str(include_str!(
+            "../../../data/configs/deepseek-ai__DeepSeek-V3/config.json"
+        ))
+        .unwrap();
+        let a = pajamas_arch::detect(&cfg).unwrap();
+        let m = crate::metadata::model_metadata("deepseek2", &a, &cfg, "v3");
+        let get = |k: &str| {
+            m.iter()
+                .find(|(key, _)| key == &format!("deepseek2.{k}"))
+                .map(|(_, v)| v.clone())
+        };
+        let u = |x: u32| Some(Value::U32(x));
+        assert_eq!(get("attention.head_count_kv"), u(1));
+        assert_eq!(get("attention.q_lora_rank"), u(1536));
+        assert_eq!(get("attention.key_length"), u(512 + 64));
+        assert_eq!(get("attention.key_length_mla"), u(192));
+        assert_eq!(get("attention.value_length_mla"), u(128));
+        assert_eq!(get("rope.dimension_count"), u(64));
+        assert_eq!(get("leading_dense_block_count"), u(3));
+        assert_eq!(get("expert_gating_func"), u(2));
+        assert_eq!(get("expert_group_count"), u(8));
+        assert_eq!(get("expert_group_used_count"), u(4));
+        assert_eq!(get("expert_feed_forward_length"), u(2048));
+        assert_eq!(get("rope.scaling.type"), Some(Value::String("yarn".into())));
+        assert_eq!(get("rope.scaling.original_context_length"), u(4096));
+        assert_eq!(
+            get("rope.scaling.yarn_log_multiplier"),
+            Some(Value::F32(0.1))
+        );
+        assert_eq!(get("expert_weights_norm"), Some(Value::Bool(true)));
+    }
+
+    #[test]
     fn kv_b_split() {
         let l = layout();
         // 2 heads x (2 nope + 1 v) rows x 3 latent columns: value = 10*row + col.

@@ -821,6 +821,25 @@ mod tests {
     }
 
     #[test]
+    fn published_v3_config() {
+        let cfg: Value = serde_json::from_str(include_str!(
+            "../../../data/configs/deepseek-ai__DeepSeek-V3/config.json"
+        ))
+        .unwrap();
+        let c = ModelConfig::from_hf_config(&cfg).unwrap();
+        let ds = c.deepseek.as_ref().unwrap();
+        assert_eq!((ds.q_lora_rank, ds.kv_lora_rank), (Some(1536), 512));
+        assert_eq!((ds.n_group, ds.topk_group, ds.first_dense), (8, 4, 3));
+        assert!(ds.sigmoid && ds.yarn.is_some());
+        assert_eq!(ds.routed_scale, 2.5);
+        assert_eq!(c.moe.as_ref().unwrap().shared_ffn, Some(2048));
+        // transformers 4's `rope_scaling` with `type: yarn`: scores scaled by mscale^2.
+        let m = 1.0 + 0.1 * 40f64.ln();
+        assert!((c.attn_scale as f64 - m * m / 192f64.sqrt()).abs() < 1e-6);
+        assert_eq!(ds.rope_mscale, 1.0);
+    }
+
+    #[test]
     fn yarn_keeps_high_frequencies() {
         let ds = DeepseekConfig {
             q_lora_rank: None,
