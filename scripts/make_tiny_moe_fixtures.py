@@ -28,6 +28,12 @@ tiny sizes, random weights with fixed seeds:
                         routed experts top-2 in 4 groups (topk_group 2), sigmoid scores with
                         e_score_correction_bias, 1 shared expert, routed_scaling_factor 2.5,
                         YaRN rope as in the real config (factor 40, mscale_all_dim 1), untied
+  tiny-deepseek_v2      DeepseekV2ForCausalLM, V2-Lite style: MLA without a query LoRA
+                        (q_lora_rank null: a plain q_proj), kv_lora 32, nope 32, rope 16,
+                        v 32, layer 0 dense, layer 1 with 8 routed experts top-2 (greedy,
+                        softmax scores, not renormalised, routed_scaling_factor 1), 2 shared
+                        experts, YaRN rope with mscale = mscale_all_dim = 0.707 as in
+                        V2-Lite's config, untied
   tiny-gpt_oss          GptOssForCausalLM: 4 experts top-2 with biases, fused and interleaved
                         gate_up_proj, swiglu clamp 7, attention sinks, q/k/v/o biases,
                         sliding (window 8) then full attention, YaRN rope as in the real
@@ -91,6 +97,7 @@ import transformers
 from safetensors import safe_open
 from transformers import (
     AutoModelForCausalLM,
+    DeepseekV2Config,
     DeepseekV3Config,
     GptOssConfig,
     GraniteMoeHybridConfig,
@@ -187,6 +194,19 @@ def configs():
             scoring_func="sigmoid", topk_method="noaux_tc",  # as in the real config
             num_mtp_layers=0,  # no multi-token-prediction layer weights in the fixture
             attention_bias=False, tie_word_embeddings=False), 15, {}),
+        "deepseek_v2": (DeepseekV2Config(
+            vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+            attention_dropout=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            num_hidden_layers=2, first_k_dense_replace=1, intermediate_size=128,
+            moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2, n_group=1,
+            topk_group=1, topk_method="greedy", n_shared_experts=2, routed_scaling_factor=1.0,
+            norm_topk_prob=False, q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=32,
+            qk_rope_head_dim=16, v_head_dim=32, max_position_embeddings=163840,
+            rms_norm_eps=1e-6,
+            rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=40.0,
+                                 original_max_position_embeddings=4096, beta_fast=32.0,
+                                 beta_slow=1.0, mscale=0.707, mscale_all_dim=0.707),
+            attention_bias=False, tie_word_embeddings=False), 19, {}),
         "gpt_oss": (gpt_oss_config(), 16, dict(experts_in_out=True, gate_up_gain=2.5)),
         "gpt_oss-mxfp4": (gpt_oss_config(), 16, dict(experts_in_out=True, gate_up_gain=2.5, mxfp4=True)),
         "nemotron_h": (NemotronHConfig(

@@ -54,6 +54,10 @@ impl CollectHook<'_> {
         // A tied head multiplies by `token_embd.weight`, which (as in llama-imatrix) is
         // not collected; an untied one is `output.weight`.
         let c = self.config;
+        if c.deepseek.is_some() {
+            return pajamas_convert::deepseek::gguf_weight_name(input.tensor)
+                .unwrap_or_else(|| input.tensor.to_string());
+        }
         map_name(
             input.tensor,
             &c.model_type,

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use pajamas_arch::{detect, ArchitectureInfo};
+use pajamas_convert::deepseek::{self, DeepseekLayout};
 use pajamas_convert::from_gguf::config_from_gguf;
 use pajamas_convert::hybrid::{self, HybridLayout, HybridMap};
 use pajamas_convert::metadata::{llama3_rope_factors, model_metadata, tokenizer_metadata};
@@ -118,19 +119,28 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
         ssm_groups: h.ssm.num_groups,
         has_experts: arch.moe.is_some(),
     });
+    let deepseek = DeepseekLayout::from_arch(arch);
     for t in model.tensors() {
         let name = &t.info.name;
         if arch.tie_word_embeddings && name == "lm_head.weight" {
             continue; // stored twice by some checkpoints; GGUF keeps the embedding only
         }
-        if let Some(layout) = layout.as_ref().filter(|l| hybrid::is_hybrid(&l.model_type)) {
-            match hybrid::map_hybrid(name, &t.info.shape, layout) {
+        let family = match (&deepseek, layout.as_ref()) {
+            (Some(d), _) => Some(deepseek::map_deepseek(name, &t.info.shape, d)),
+            (None, Some(l)) if hybrid::is_hybrid(&l.model_type) => {
+                Some(hybrid::map_hybrid(name, &t.info.shape, l))
+            }
+            _ => None,
+        };
+        if let Some(found) = family {
+            match found {
                 Some(HybridMap::Expert { gguf, expert }) => {
-                    check_float(&t)?;
+                    check_float(model, &t)?;
                     experts.entry(gguf).or_default().push((expert, t));
                 }
+                Some(HybridMap::Pieces(pieces)) if pieces.is_empty() => {} // not written
                 Some(HybridMap::Pieces(pieces)) => {
-                    check_float(&t)?;
+                    check_float(model, &t)?;
                     // A split source (gate+up) counts once in the progress total.
                     let share = t.info.nbytes() / pieces.len().max(1) as u64;
                     for p in pieces {
@@ -152,7 +162,7 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
             continue;
         }
         if let Some((gguf, e)) = map_expert(name) {
-            check_float(&t)?;
+            check_float(model, &t)?;
             experts.entry(gguf).or_default().push((e, t));
             continue;
         }
@@ -166,7 +176,7 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
                 arch.model_type
             );
         };
-        check_float(&t)?;
+        check_float(model, &t)?;
         let ne: Vec<u64> = t.info.shape.iter().rev().copied().collect();
         out.push(SourceTensor {
             parts: vec![name.clone()],
@@ -217,10 +227,10 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
     Ok(out)
 }
 
-fn check_float(t: &ListedTensor) -> Result<()> {
-    if !t.info.dtype.is_float_readable() {
+fn check_float(model: &HfModel, t: &ListedTensor) -> Result<()> {
+    if !model.reads_as_f32(&t.info.name) {
         bail!(
-            "{}: tensor '{}' is {}; only F32/F16/BF16 checkpoints convert today",
+            "{}: tensor '{}' is {}; only F32/F16/BF16 and block-scaled FP8 checkpoints convert today",
             t.shard.display(),
             t.info.name,
             t.info.dtype

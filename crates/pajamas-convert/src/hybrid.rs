@@ -38,6 +38,9 @@ pub enum Op {
     /// One half of a fused gate+up matrix: of every stacked matrix of `2n` rows, rows
     /// `[0, n)` (`half` 0, the gate) or `[n, 2n)` (`half` 1, the up projection).
     RowHalf { half: u8 },
+    /// DeepSeek's `kv_b_proj` split for MLA (`crate::deepseek::split_kv_b`): the key
+    /// up-projection transposed per head, or (`value`) the value up-projection.
+    MlaKvB { value: bool },
 }
 
 /// One GGUF tensor made from an HF tensor.
@@ -271,6 +274,7 @@ pub fn apply(op: Op, data: Vec<f32>, ne: &[u64]) -> Vec<f32> {
             }
             out
         }
+        Op::MlaKvB { value } => crate::deepseek::split_kv_b(&data, value, ne),
     }
 }
 

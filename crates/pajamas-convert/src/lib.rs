@@ -1,6 +1,7 @@
 //! HuggingFace checkpoints -> GGUF: which tensor goes where and how it is transformed,
 //! which metadata llama.cpp needs for each architecture, and the tokenizer vocabulary.
 
+pub mod deepseek;
 pub mod from_gguf;
 pub mod hybrid;
 pub mod metadata;

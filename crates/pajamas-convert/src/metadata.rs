@@ -170,6 +170,9 @@ pub fn model_metadata(
     if let Some(h) = &a.hybrid {
         hybrid_metadata(&mut m, arch_name, a, h, config);
     }
+    if arch_name == "deepseek2" {
+        crate::deepseek::deepseek_metadata(&mut m, arch_name, a, config);
+    }
     m
 }
 

@@ -31,6 +31,7 @@ pub fn gguf_arch(model_type: &str) -> Option<&'static str> {
         "gemma3" | "gemma3_text" => "gemma3",
         "granitemoehybrid" => "granitehybrid",
         "nemotron_h" => "nemotron_h",
+        "deepseek_v2" | "deepseek_v3" => "deepseek2",
         _ => return None,
     })
 }
@@ -57,6 +58,8 @@ pub const CONVERTIBLE: &[&str] = &[
     "qwen3_moe",
     "granitemoehybrid",
     "nemotron_h",
+    "deepseek_v2",
+    "deepseek_v3",
 ];
 
 /// Maps one HF tensor name. `None` for tensors that GGUF does not store (e.g. rotary
@@ -165,6 +168,13 @@ pub fn sort_key(gguf_name: &str) -> (u64, u64, u64) {
         "attn_k",
         "attn_k_norm",
         "attn_v",
+        "attn_q_a",
+        "attn_q_a_norm",
+        "attn_q_b",
+        "attn_kv_a_mqa",
+        "attn_kv_a_norm",
+        "attn_k_b",
+        "attn_v_b",
         "attn_output",
         "post_attention_norm",
         "ffn_norm",

@@ -38,6 +38,7 @@
 use std::path::PathBuf;
 
 pub mod affine;
+pub mod deepseek;
 pub mod names;
 pub mod nemotron_h;
 pub mod plan;

@@ -49,6 +49,12 @@ pub enum MlxFamily {
     /// The same class without experts (`num_local_experts: 0`, Granite 4.0-H Micro): its
     /// `sanitize` turns `shared_mlp.{input,output}_linear` into `mlp.{gate,up,down}_proj`.
     GraniteMoeHybridDense,
+    /// `mlx_lm.models.deepseek_v3`: MLA with `kv_b_proj` split into `embed_q` /
+    /// `unembed_out`, stacked experts, an unquantized `MoEGate` router (see
+    /// [`crate::deepseek`]).
+    DeepseekV3,
+    /// `mlx_lm.models.deepseek_v2`: as DeepSeek-V3, but `kv_b_proj` stays one Linear.
+    DeepseekV2,
     /// `mlx_lm.models.nemotron_h`: `backbone.*` names, experts stacked into
     /// `switch_mlp.fc1` / `fc2` (see [`crate::nemotron_h`]).
     NemotronH,
@@ -66,6 +72,8 @@ pub const MLX_MODEL_TYPES: &[&str] = &[
     "qwen2_moe",
     "qwen3_moe",
     "granitemoehybrid",
+    "deepseek_v3",
+    "deepseek_v2",
     "nemotron_h",
 ];
 
@@ -97,6 +105,8 @@ impl MlxFamily {
             "qwen2_moe" => MlxFamily::Qwen2Moe,
             "qwen3_moe" => MlxFamily::Qwen3Moe,
             "granitemoehybrid" => MlxFamily::GraniteMoeHybrid,
+            "deepseek_v3" => MlxFamily::DeepseekV3,
+            "deepseek_v2" => MlxFamily::DeepseekV2,
             "nemotron_h" => MlxFamily::NemotronH,
             other => return Err(MlxError::UnsupportedModelType(other.to_string())),
         })
@@ -114,6 +124,8 @@ impl MlxFamily {
             MlxFamily::Qwen2Moe => "qwen2_moe",
             MlxFamily::Qwen3Moe => "qwen3_moe",
             MlxFamily::GraniteMoeHybrid | MlxFamily::GraniteMoeHybridDense => "granitemoehybrid",
+            MlxFamily::DeepseekV3 => "deepseek_v3",
+            MlxFamily::DeepseekV2 => "deepseek_v2",
             MlxFamily::NemotronH => "nemotron_h",
         }
     }
@@ -130,8 +142,17 @@ impl MlxFamily {
     pub fn is_moe(self) -> bool {
         matches!(
             self,
-            MlxFamily::Mixtral | MlxFamily::Qwen2Moe | MlxFamily::Qwen3Moe
+            MlxFamily::Mixtral
+                | MlxFamily::Qwen2Moe
+                | MlxFamily::Qwen3Moe
+                | MlxFamily::DeepseekV3
+                | MlxFamily::DeepseekV2
         )
+    }
+
+    /// DeepSeek-V2/V3 (MLA, `MoEGate` routers).
+    pub fn is_deepseek(self) -> bool {
+        matches!(self, MlxFamily::DeepseekV3 | MlxFamily::DeepseekV2)
     }
 
     /// Whether mlx-lm's class reads `tie_word_embeddings` from the config (llama and
@@ -212,6 +233,19 @@ const LAYER_LEAVES: &[(&str, ModuleKind)] = &[
     ("block_sparse_moe.router.layer", ModuleKind::Linear),
     ("shared_mlp.input_linear", ModuleKind::Linear),
     ("shared_mlp.output_linear", ModuleKind::Linear),
+    // DeepSeek's MLA (`embed_q` / `unembed_out`: MultiLinear, quantizable) and shared
+    // experts.
+    ("self_attn.q_a_proj", ModuleKind::Linear),
+    ("self_attn.q_a_layernorm", ModuleKind::Norm),
+    ("self_attn.q_b_proj", ModuleKind::Linear),
+    ("self_attn.kv_a_proj_with_mqa", ModuleKind::Linear),
+    ("self_attn.kv_a_layernorm", ModuleKind::Norm),
+    ("self_attn.kv_b_proj", ModuleKind::Linear),
+    ("self_attn.embed_q", ModuleKind::Linear),
+    ("self_attn.unembed_out", ModuleKind::Linear),
+    ("mlp.shared_experts.gate_proj", ModuleKind::Linear),
+    ("mlp.shared_experts.up_proj", ModuleKind::Linear),
+    ("mlp.shared_experts.down_proj", ModuleKind::Linear),
     ("input_layernorm", ModuleKind::Norm),
     ("post_attention_layernorm", ModuleKind::Norm),
     ("pre_feedforward_layernorm", ModuleKind::Norm),
@@ -265,6 +299,11 @@ pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxEr
     if let Some(m) = granite_ffn(&text, family) {
         return Ok(m);
     }
+    if family.is_deepseek() {
+        if let Some(m) = crate::deepseek::map_name(&text, family == MlxFamily::DeepseekV3) {
+            return Ok(m);
+        }
+    }
     if text.ends_with(".rotary_emb.inv_freq") {
         return Ok(Mapped::Drop(
             "precomputed rope frequencies: not a parameter in mlx-lm (sanitize drops it)",
@@ -275,7 +314,7 @@ pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxEr
             "tied to the embedding: mlx-lm reuses embed_tokens as the output head",
         ));
     }
-    if module_kind(&text).is_none() {
+    if module_kind_in(family, &text).is_none() {
         return Err(MlxError::UnknownTensor {
             name: hf.to_string(),
             family: family.mlx_lm_module(),
@@ -375,6 +414,23 @@ pub fn module_kind(mlx_name: &str) -> Option<ModuleKind> {
     }
 }
 
+/// [`module_kind`] for one family: DeepSeek's router `mlp.gate` is a `MoEGate` (a bare
+/// weight, and V3's `e_score_correction_bias`), not a Linear.
+pub fn module_kind_in(family: MlxFamily, mlx_name: &str) -> Option<ModuleKind> {
+    if family.is_deepseek() {
+        if let Some(stem) = mlx_name
+            .strip_suffix(".mlp.gate.weight")
+            .or_else(|| mlx_name.strip_suffix(".mlp.gate.e_score_correction_bias"))
+        {
+            return stem
+                .strip_prefix("model.layers.")
+                .and_then(|l| l.parse::<u32>().ok())
+                .map(|_| ModuleKind::Other);
+        }
+    }
+    module_kind(mlx_name)
+}
+
 /// The module path of a parameter name (`...q_proj.weight` -> `...q_proj`).
 pub fn module_path(mlx_name: &str) -> &str {
     mlx_name
@@ -445,8 +501,10 @@ mod tests {
         assert_eq!(f("mistral").unwrap(), MlxFamily::Llama);
         assert_eq!(f("gemma3").unwrap(), MlxFamily::Gemma3);
         assert_eq!(f("mixtral").unwrap(), MlxFamily::Mixtral);
+        assert_eq!(f("deepseek_v3").unwrap(), MlxFamily::DeepseekV3);
+        assert_eq!(f("deepseek_v2").unwrap(), MlxFamily::DeepseekV2);
         assert!(matches!(
-            f("deepseek_v3"),
+            f("deepseek_v32"),
             Err(MlxError::UnsupportedModelType(_))
         ));
     }

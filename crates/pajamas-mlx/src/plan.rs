@@ -200,6 +200,9 @@ pub struct PlannedTensor {
     /// the rows of every stacked matrix, 1 the second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub half: Option<u8>,
+    /// DeepSeek's `embed_q` / `unembed_out`, cut out of `kv_b_proj`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_b: Option<crate::deepseek::KvBPart>,
 }
 
 impl PlannedTensor {
@@ -353,7 +356,22 @@ pub fn plan_mlx(
     for t in tensors {
         let mut shape = t.shape.clone();
         let mut halves: Vec<(String, Option<u8>)> = Vec::new();
+        let mut kv_b = None;
+        if family.is_deepseek() && crate::deepseek::is_mtp(&t.name, arch.num_layers) {
+            dropped.push(DroppedTensor {
+                source: t.name.clone(),
+                reason: "multi-token-prediction layer: mlx-lm's deepseek_v3 drops it (sanitize)"
+                    .into(),
+            });
+            continue;
+        }
         let name = match map_name(&t.name, family, tied)? {
+            Mapped::Split { first, second } if family == MlxFamily::DeepseekV3 => {
+                kv_b = Some(crate::deepseek::kv_b_parts(&t.name, &shape, config)?);
+                halves.push((first, Some(0)));
+                halves.push((second, Some(1)));
+                halves[0].0.clone()
+            }
             Mapped::Keep(n) => n,
             Mapped::Split { first, second } => {
                 // Two parameters of half the rows each.
@@ -391,7 +409,7 @@ pub fn plan_mlx(
                 continue;
             }
         };
-        if !t.dtype.is_float_readable() {
+        if !(t.dtype.is_float_readable() || t.dtype == pajamas_model::Dtype::F8E4M3) {
             return Err(MlxError::NotFloat {
                 name: t.name.clone(),
                 dtype: t.dtype.name().to_string(),
@@ -400,8 +418,11 @@ pub fn plan_mlx(
         // No float torch_dtype: each tensor keeps its own type (F64 becomes F32, which
         // mlx can hold).
         let own_dtype = MlxDtype::from_dtype(t.dtype);
-        // A class's `cast_predicate` keeps some parameters in their checkpoint dtype.
-        let keep_own = family == MlxFamily::NemotronH && nemotron_h::keeps_checkpoint_dtype(&name);
+        // A class's `cast_predicate` keeps some parameters in their checkpoint dtype
+        // (Nemotron-H's; DeepSeek's correction bias).
+        let keep_own = (family == MlxFamily::NemotronH
+            && nemotron_h::keeps_checkpoint_dtype(&name))
+            || (family.is_deepseek() && name.ends_with("e_score_correction_bias"));
         let out_dtype = if keep_own {
             own_dtype.or(dtype)
         } else {
@@ -417,7 +438,12 @@ pub fn plan_mlx(
             halves.push((name, None));
         }
         for (name, half) in halves {
-            let kind = names::module_kind(&name).expect("map_name keeps known names only");
+            let kind =
+                names::module_kind_in(family, &name).expect("map_name keeps known names only");
+            let part = kv_b.map(|parts| parts[half.unwrap_or(0) as usize]);
+            if let Some(p) = part {
+                shape = p.shape();
+            }
             let is_weight = name.ends_with(".weight");
             planned.push(PlannedTensor {
                 source: t.name.clone(),
@@ -429,7 +455,8 @@ pub fn plan_mlx(
                 quant: None,
                 reason: String::new(),
                 parts: Vec::new(),
-                half,
+                half: if part.is_some() { None } else { half },
+                kv_b: part,
             });
             let p = planned.last_mut().expect("just pushed");
             if kind == ModuleKind::Other {
@@ -544,8 +571,12 @@ fn apply_recipe(planned: &mut [PlannedTensor], recipe: Recipe, num_layers: u64, 
         let more = pajamas_arch::strategy::use_more_bits(index, num_layers);
         let r = recipe.name();
         let leaf = p.module.rsplit('.').next().unwrap_or("");
-        let (bits, why) = if (p.module.contains("v_proj") || p.module.contains("down_proj")) && more
-        {
+        // mlx-lm matches substrings of the path: `v_a_proj` / `v_b_proj` also catch
+        // DeepSeek's `kv_a_proj_with_mqa` (and the `kv_b_proj` it no longer has).
+        let v_like = ["v_proj", "v_a_proj", "v_b_proj", "down_proj"]
+            .iter()
+            .any(|k| p.module.contains(k));
+        let (bits, why) = if v_like && more {
             let where_ = layer_label(index, num_layers);
             (
                 high,
@@ -792,13 +823,18 @@ impl MlxPlan {
 
     /// Parameters of the unquantized model (mlx-lm's `total_parameters`, which counts
     /// the parameters of leaf modules only: Mamba's `A_log`, `D` and `dt_bias` belong to
-    /// the mixer module itself and are not counted).
+    /// the mixer module itself and are not counted; DeepSeek's `MoEGate` router is a leaf
+    /// module, so its weight and bias are).
     pub fn parameters(&self) -> u64 {
         self.tensors
             .iter()
             .filter(|t| match self.family {
                 MlxFamily::NemotronH => nemotron_h::counts_as_parameter(&t.name),
-                _ => t.kind != ModuleKind::Other || t.name.contains("conv1d"),
+                _ => {
+                    t.kind != ModuleKind::Other
+                        || t.name.contains("conv1d")
+                        || (self.family.is_deepseek() && t.module.ends_with("mlp.gate"))
+                }
             })
             .map(PlannedTensor::elements)
             .sum()
@@ -841,8 +877,18 @@ impl MlxPlan {
         data: &[f32],
     ) -> Result<Vec<(String, Vec<u8>)>, MlxError> {
         let p = &self.tensors[index];
-        let per_part =
-            p.elements() / p.parts.len().max(1) as u64 * if p.half.is_some() { 2 } else { 1 };
+        let cut;
+        let (data, per_part) = match p.kv_b {
+            Some(k) if data.len() == k.source_len() => {
+                cut = k.extract(data);
+                (&cut[..], p.elements())
+            }
+            Some(k) => (data, k.source_len() as u64),
+            None => (
+                data,
+                p.elements() / p.parts.len().max(1) as u64 * if p.half.is_some() { 2 } else { 1 },
+            ),
+        };
         if data.len() as u64 != per_part {
             return Err(MlxError::LengthMismatch {
                 what: "tensor data",
@@ -964,6 +1010,25 @@ impl MlxPlan {
                 if let Some(t) = c.get("rope_parameters").and_then(|r| r.get("rope_theta")) {
                     c.insert("rope_theta".into(), t.clone());
                 }
+            }
+        }
+        // mlx-lm's deepseek_v3 reads the transformers 4 spellings `rope_theta` and
+        // `rope_scaling` (transformers 5 keeps both inside `rope_parameters`).
+        if self.family.is_deepseek() {
+            let rp = c.get("rope_parameters").cloned().unwrap_or(Value::Null);
+            if !c.contains_key("rope_theta") {
+                if let Some(t) = rp.get("rope_theta") {
+                    c.insert("rope_theta".into(), t.clone());
+                }
+            }
+            let scaled = rp
+                .get("rope_type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t != "default");
+            if scaled && c.get("rope_scaling").is_none_or(Value::is_null) {
+                let mut rs = rp.as_object().cloned().unwrap_or_default();
+                rs.remove("rope_theta");
+                c.insert("rope_scaling".into(), Value::Object(rs));
             }
         }
         let q = self.quantization_block();

@@ -181,15 +181,64 @@ impl HfModel {
         self.shard_of(name)?.read_bytes(name)
     }
 
-    /// One tensor decoded to f32 (through the memory map).
+    /// One tensor decoded to f32 (through the memory map). Block-scaled FP8 weights are
+    /// dequantized (see [`crate::fp8`]).
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        if self.is_fp8(name) {
+            return self.read_fp8(name);
+        }
         self.shard_of(name)?.read_f32(name)
     }
 
     /// One tensor read with a positioned read (no mmap) and decoded to f32; see
-    /// [`SafetensorsFile::read_f32_streaming`].
+    /// [`SafetensorsFile::read_f32_streaming`]. Block-scaled FP8 weights are
+    /// dequantized (see [`crate::fp8`]).
     pub fn read_f32_streaming(&self, name: &str) -> Result<Vec<f32>> {
+        if self.is_fp8(name) {
+            return self.read_fp8(name);
+        }
         self.shard_of(name)?.read_f32_streaming(name)
+    }
+
+    /// Whether [`HfModel::read_f32`] decodes this tensor: a plain float, or an FP8
+    /// weight whose block scales are in the checkpoint.
+    pub fn reads_as_f32(&self, name: &str) -> bool {
+        match self.tensor(name) {
+            Some(t) if t.dtype.is_float_readable() => true,
+            Some(_) => self.is_fp8(name) && self.tensor(&crate::fp8::scale_name(name)).is_some(),
+            None => false,
+        }
+    }
+
+    fn is_fp8(&self, name: &str) -> bool {
+        self.tensor(name)
+            .is_some_and(|t| t.dtype == crate::Dtype::F8E4M3)
+    }
+
+    /// An `F8_E4M3` weight times its `*_scale_inv` blocks.
+    fn read_fp8(&self, name: &str) -> Result<Vec<f32>> {
+        let shard = self.shard_of(name)?;
+        let err = |message: String| ModelError::Tensor {
+            path: shard.path().to_path_buf(),
+            tensor: name.to_string(),
+            message,
+        };
+        let info = self.tensor(name).expect("located");
+        let scale = crate::fp8::scale_name(name);
+        let scale_info = self.tensor(&scale).ok_or_else(|| {
+            err(format!(
+                "F8_E4M3 weight without its block scales '{scale}'; only block-scaled FP8 checkpoints (DeepSeek-V3 style) are read"
+            ))
+        })?;
+        let block = crate::fp8::block_size(&self.config).ok_or_else(|| {
+            err(format!(
+                "F8_E4M3 weight, but {} has no quantization_config.weight_block_size [rows, cols]",
+                self.dir.join("config.json").display()
+            ))
+        })?;
+        let codes = shard.read_bytes(name)?;
+        let scales = self.shard_of(&scale)?.read_f32_streaming(&scale)?;
+        crate::fp8::dequantize(&codes, &info.shape, &scales, &scale_info.shape, block).map_err(err)
     }
 
     /// Total header bytes read across shards (weights are never read by `open`).

@@ -6,6 +6,7 @@
 
 pub mod dtype;
 pub mod error;
+pub mod fp8;
 pub mod hf;
 pub mod hub;
 pub mod safetensors;

@@ -26,6 +26,9 @@ pub enum Family {
     /// attention without positions, a relu^2 MLP, or relu^2 experts with a sigmoid
     /// router and a shared expert); `backbone.*` names.
     NemotronH,
+    /// DeepSeek-V2/V3: multi-head latent attention, grouped routing, shared experts,
+    /// leading dense layers (see [`crate::deepseek`]).
+    Deepseek,
 }
 
 impl Family {
@@ -37,6 +40,7 @@ impl Family {
             "gemma3" | "gemma3_text" => Family::Gemma3,
             "granitemoehybrid" => Family::GraniteHybrid,
             "nemotron_h" => Family::NemotronH,
+            "deepseek_v2" | "deepseek_v3" => Family::Deepseek,
             _ => return None,
         })
     }
@@ -296,10 +300,12 @@ pub struct ModelConfig {
     pub moe: Option<MoeConfig>,
     /// Mamba-2 layers and multipliers (Granite 4.0-H).
     pub hybrid: Option<HybridConfig>,
+    /// MLA and routing of DeepSeek-V2/V3.
+    pub deepseek: Option<crate::deepseek::DeepseekConfig>,
 }
 
 const SUPPORTED: &str =
-    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3, granitemoehybrid, nemotron_h";
+    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3, granitemoehybrid, nemotron_h, deepseek_v2, deepseek_v3";
 
 /// The MoE block of an HF config, `None` for dense models.
 fn hf_moe(cfg: &Value, model_type: &str) -> Result<Option<MoeConfig>> {
@@ -465,6 +471,9 @@ impl ModelConfig {
                 "model_type {model_type:?} is not supported (supported: {SUPPORTED})"
             ))
         })?;
+        if family == Family::Deepseek {
+            return crate::deepseek::hf_config(cfg, model_type);
+        }
         let hidden_size = need_usize(cfg, "hidden_size")?;
         let n_heads = need_usize(cfg, "num_attention_heads")?;
         let n_kv_heads = get_usize(cfg, "num_key_value_heads")?.unwrap_or(n_heads);
@@ -556,6 +565,7 @@ impl ModelConfig {
             },
             hybrid,
             model_type,
+            deepseek: None,
         })
     }
 
@@ -578,9 +588,10 @@ impl ModelConfig {
             "gemma3" => (Family::Gemma3, "gemma3_text"),
             "granitehybrid" => (Family::GraniteHybrid, "granitemoehybrid"),
             "nemotron_h" | "nemotron_h_moe" => (Family::NemotronH, "nemotron_h"),
+            "deepseek2" => return crate::deepseek::gguf_config(f),
             other => {
                 return Err(err(format!(
-                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3, granitehybrid, nemotron_h, nemotron_h_moe)"
+                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3, granitehybrid, nemotron_h, nemotron_h_moe, deepseek2)"
                 )))
             }
         };
@@ -783,6 +794,7 @@ impl ModelConfig {
             final_logit_softcap: float("final_logit_softcapping").map(|c| c as f32),
             moe,
             hybrid,
+            deepseek: None,
         })
     }
 

@@ -17,6 +17,7 @@
 
 pub mod act_quant;
 pub mod config;
+pub mod deepseek;
 pub mod error;
 pub mod eval;
 pub mod hook;

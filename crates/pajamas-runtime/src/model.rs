@@ -251,6 +251,9 @@ pub struct LayerWeights {
     /// A Mamba-2 layer's mixer (hybrid models); when set it replaces attention, and the
     /// attention projections above are empty placeholders.
     pub mamba: Option<Box<Mamba2>>,
+    /// DeepSeek's multi-head latent attention; when set it replaces the attention
+    /// projections above (empty placeholders).
+    pub mla: Option<Box<crate::deepseek::Mla>>,
 }
 
 /// A dense decoder held in f32.
@@ -370,6 +373,7 @@ impl Model {
                 } else {
                     None
                 },
+                mla: None,
             });
         }
         let norm = read_checked(src, "backbone.norm_f.weight", &[h])?;
@@ -400,6 +404,9 @@ impl Model {
         let c = src.config()?;
         if c.family == Family::NemotronH {
             return Self::load_nemotron(src, c);
+        }
+        if c.family == Family::Deepseek {
+            return crate::deepseek::load_model(src, c);
         }
         let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let gemma = c.is_gemma();
@@ -486,6 +493,7 @@ impl Model {
                 ffn,
                 ffn_post_norm: opt_norm(gemma, "post_feedforward_layernorm", h)?,
                 mamba,
+                mla: None,
             });
         }
         let final_norm = norm("model.norm.weight", h)?;
@@ -594,6 +602,13 @@ impl Model {
                 f16: conv && self.f16_attention,
             };
             ops::rms_norm(&x, &l.attn_norm, eps, &mut a);
+            if let Some(mla) = &l.mla {
+                let o = mla.forward(li, &a, n, c, hook, conv, conv && self.f16_attention);
+                ops::add_inplace(&mut x, &o);
+                drop(o);
+                self.ffn_block(li, l, &mut x, &mut a, n, residual_mult, hook, conv);
+                continue;
+            }
             if l.mamba.is_none() && l.q_proj.in_features == 0 {
                 // Nemotron-H's MLP / MoE block: the FFN is the block's mixer.
                 let d = match &l.ffn {

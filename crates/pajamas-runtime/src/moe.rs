@@ -23,6 +23,8 @@ pub struct MoeWeights {
     /// Nemotron-H's sigmoid routing: correction bias (added for the choice only) and the
     /// factor the weights are scaled by.
     pub sigmoid: Option<(Vec<f32>, f32)>,
+    /// DeepSeek's grouped routing (takes precedence over `sigmoid`).
+    pub grouped: Option<crate::deepseek::GroupedRouter>,
 }
 
 /// One token's choice: expert index and routing weight, `top_k` per token.
@@ -116,6 +118,7 @@ impl MoeWeights {
             top_k: moe.top_k,
             norm_topk_prob: moe.norm_topk_prob,
             sigmoid: Some((bias, moe.sigmoid_scale.unwrap_or(1.0))),
+            grouped: None,
         })
     }
 
@@ -166,6 +169,7 @@ impl MoeWeights {
             top_k: moe.top_k,
             norm_topk_prob: moe.norm_topk_prob,
             sigmoid: None,
+            grouped: None,
         })
     }
 
@@ -223,6 +227,7 @@ impl MoeWeights {
             top_k: moe.top_k,
             norm_topk_prob: true,
             sigmoid: None,
+            grouped: None,
         })
     }
 
@@ -239,6 +244,12 @@ impl MoeWeights {
         let n_experts = self.experts.len();
         let logits = self.router.apply(layer, "router", a, n, hook, convert);
         let routes = match &self.sigmoid {
+            _ if self.grouped.is_some() => self.grouped.as_ref().expect("checked").route(
+                &logits,
+                n_experts,
+                self.top_k,
+                self.norm_topk_prob,
+            ),
             Some((bias, scale)) => route_sigmoid(
                 &logits,
                 n_experts,

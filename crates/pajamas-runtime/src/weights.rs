@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use pajamas_convert::deepseek::{join_kv_b, map_deepseek, DeepseekLayout};
 use pajamas_convert::hybrid::{map_hybrid, HybridLayout, HybridMap, Op};
 use pajamas_convert::names::{map_expert, map_name, rope_permutation, Transform};
 use pajamas_gguf::GgufFile;
@@ -119,6 +120,9 @@ impl GgufSource {
         if c.family == crate::config::Family::NemotronH {
             return self.locate_nemotron(hf_name);
         }
+        if c.family == crate::config::Family::Deepseek {
+            return self.locate_deepseek(hf_name);
+        }
         if c.hybrid.is_some() {
             if let Some(found) = locate_mamba(hf_name) {
                 return Some((found, Transform::None));
@@ -166,6 +170,79 @@ impl GgufSource {
             }
             _ => None,
         }
+    }
+
+    /// DeepSeek's names through the converter's map. `kv_b_proj`, stored split in two,
+    /// is located at its `attn_k_b` half (see [`GgufSource::read_kv_b`]).
+    fn locate_deepseek(&self, hf_name: &str) -> Option<(String, Transform)> {
+        // `k_b_proj` / `v_b_proj` (not HF tensors) name the two halves, for their types.
+        for (hf, gguf) in [
+            (".self_attn.kv_b_proj.weight", "attn_k_b"),
+            (".self_attn.k_b_proj.weight", "attn_k_b"),
+            (".self_attn.v_b_proj.weight", "attn_v_b"),
+        ] {
+            if let Some(stem) = hf_name.strip_suffix(hf) {
+                let layer = stem.strip_prefix("model.layers.")?;
+                layer.parse::<u32>().ok()?;
+                return Some((format!("blk.{layer}.{gguf}.weight"), Transform::None));
+            }
+        }
+        let c = &self.config;
+        let ds = c.deepseek.as_ref()?;
+        let layout = DeepseekLayout {
+            heads: c.n_heads as u64,
+            kv_lora_rank: ds.kv_lora_rank as u64,
+            qk_nope_head_dim: ds.qk_nope_head_dim as u64,
+            v_head_dim: ds.v_head_dim as u64,
+            num_layers: c.n_layers as u64,
+        };
+        match map_deepseek(hf_name, &[1], &layout)? {
+            HybridMap::Pieces(p) if p.len() == 1 => Some((p[0].gguf.clone(), Transform::None)),
+            _ => None,
+        }
+    }
+
+    /// DeepSeek's `kv_b_proj` `[H * (nope + v), kv_lora]`, joined from `attn_k_b` and
+    /// `attn_v_b`; `None` for any other tensor.
+    fn read_kv_b(&self, hf_name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        let Some(ds) = self.config.deepseek.as_ref() else {
+            return Ok(None);
+        };
+        let Some(stem) = hf_name.strip_suffix(".self_attn.kv_b_proj.weight") else {
+            return Ok(None);
+        };
+        let layer = stem.trim_start_matches("model.layers.");
+        let read = |leaf: &str| -> Result<Vec<f32>> {
+            let name = format!("blk.{layer}.{leaf}");
+            let info = self
+                .file
+                .tensor(&name)
+                .ok_or_else(|| RuntimeError::MissingTensor(format!("{name} (for {hf_name})")))?;
+            let bytes = self
+                .file
+                .data_of(info)
+                .map_err(|e| self.tensor_error(&name, e))?;
+            let row = info.dims.first().copied().unwrap_or(1) as usize;
+            pajamas_quant::dequantize_rows(info.ggml_type, bytes, row)
+                .map_err(|e| self.tensor_error(&name, e))
+        };
+        let (k_b, v_b) = (read("attn_k_b.weight")?, read("attn_v_b.weight")?);
+        let (nope, v, r, h) = (
+            ds.qk_nope_head_dim,
+            ds.v_head_dim,
+            ds.kv_lora_rank,
+            self.config.n_heads,
+        );
+        if k_b.len() != h * nope * r || v_b.len() != h * v * r {
+            return Err(self.tensor_error(
+                &format!("blk.{layer}.attn_k_b.weight"),
+                format!("attn_k_b / attn_v_b do not hold {h} heads of {nope} + {v} rows of {r}"),
+            ));
+        }
+        Ok(Some((
+            vec![h * (nope + v), r],
+            join_kv_b(&k_b, &v_b, nope, v, r),
+        )))
     }
 
     /// A per-expert HF matrix: its stacked GGUF tensor (`{in, out, n_expert}`) and index,
@@ -256,6 +333,9 @@ impl WeightSource for GgufSource {
     fn read_tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         if let Some((info, e)) = self.locate_expert(name) {
             return self.read_expert(info, e);
+        }
+        if let Some(t) = self.read_kv_b(name)? {
+            return Ok(t);
         }
         let (gguf_name, transform) = self
             .locate(name)
