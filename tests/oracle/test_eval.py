@@ -7,7 +7,7 @@
 - `eval --reference` reports KL divergence / top-1 agreement that behave (F16 ~ 0, Q4 > Q8);
 - `imatrix` files are accepted by llama-quantize, whose Q4_K_M made with our imatrix is
   within 1% perplexity of ours made with the same imatrix;
-- with our imatrix, Q4_K_M and Q3_K_M have lower KL divergence than without;
+- with our imatrix, Q4_K_M (demo) and Q3_K_M (SmolLM2) have lower KL divergence than without;
 - bad inputs (empty text, too short text, corrupt or mismatched imatrix) are clear errors.
 """
 import json
@@ -193,9 +193,12 @@ def test_imatrix_accepted_by_llama_quantize(ggufs, imatrices, tmp_path):
 def test_imatrix_lowers_kl_divergence(imatrices, name, tmp_path):
     folder = models()[name]
     plain, weighted = tmp_path / "plain", tmp_path / "weighted"
-    # SmolLM2 is slow to score: its Q3_K_M only (the larger effect), on 3 chunks; the demo's
-    # differences are small (a 4M-parameter model): score more of the text
-    types, chunks = (["Q4_K_M", "Q3_K_M"], 20) if name == "demo" else (["Q3_K_M"], 3)
+    # SmolLM2 is slow to score: its Q3_K_M only (the larger effect), on 3 chunks. The demo's
+    # differences are small (a 4M-parameter model): more of the text, and Q4_K_M only: its
+    # Q3_K_M ties with and without the imatrix (KLD 0.00324 vs 0.00322 since the k-quants
+    # weight by magnitude without an imatrix too; llama-quantize's ties as well, 0.00341
+    # vs 0.00337, docs/budget.md).
+    types, chunks = (["Q4_K_M"], 20) if name == "demo" else (["Q3_K_M"], 3)
     run("quantize", "llm", "--model", folder, "--gguf-precision", ",".join(types), "--output", plain)
     # (the weighted Q4_K_M is also where the imatrix metadata is checked)
     run("quantize", "llm", "--model", folder, "--gguf-precision", ",".join(sorted(set(types + ["Q4_K_M"]))),
