@@ -2,6 +2,7 @@
 //! which metadata llama.cpp needs for each architecture, and the tokenizer vocabulary.
 
 pub mod from_gguf;
+pub mod gpt_oss;
 pub mod hybrid;
 pub mod metadata;
 pub mod names;

@@ -31,6 +31,7 @@ pub fn gguf_arch(model_type: &str) -> Option<&'static str> {
         "gemma3" | "gemma3_text" => "gemma3",
         "granitemoehybrid" => "granitehybrid",
         "nemotron_h" => "nemotron_h",
+        "gpt_oss" => "gpt-oss",
         _ => return None,
     })
 }
@@ -57,6 +58,7 @@ pub const CONVERTIBLE: &[&str] = &[
     "qwen3_moe",
     "granitemoehybrid",
     "nemotron_h",
+    "gpt_oss",
 ];
 
 /// Maps one HF tensor name. `None` for tensors that GGUF does not store (e.g. rotary
@@ -166,6 +168,7 @@ pub fn sort_key(gguf_name: &str) -> (u64, u64, u64) {
         "attn_k_norm",
         "attn_v",
         "attn_output",
+        "attn_sinks",
         "post_attention_norm",
         "ffn_norm",
         "ffn_gate",
