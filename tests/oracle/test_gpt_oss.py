@@ -388,3 +388,57 @@ def test_logits(converted, case, ftype):
         assert argmax >= 0.95 and corr > 0.9999
     else:
         assert corr > (0.99 if ftype == "Q8_0" else 0.9)
+
+
+# ---------------------------------------------------------------- our runtime
+
+@pytest.mark.parametrize("case,ftype", [("gpt_oss", "F32"), ("gpt_oss", "F16"),
+                                        ("gpt_oss-mxfp4", "F16"), ("gpt_oss-mxfp4", "MXFP4_MOE")])
+def test_runtime_perplexity_equals_llama_cpp(converted, case, ftype):
+    """`eval` runs gpt-oss (sinks, sliding window 8 within ctx 128, YaRN, biased router and
+    clamped SwiGLU experts; MXFP4 experts times Q8_0-rounded activations as ggml does):
+    its perplexity on our GGUF, and on the HF folder, equals llama.cpp's on that GGUF
+    (random weights: a huge perplexity, which moves with any difference).
+    Logits against transformers': crates/pajamas-runtime/tests/gpt_oss.rs."""
+    from test_eval import llama_cpp_eval, our_eval
+    path = converted(case)[ftype]
+    theirs, n_scored, _ = llama_cpp_eval(path, ctx=128, chunks=4)
+    # The HF folder of the float checkpoint too (the MXFP4 one computes with f32
+    # activations where ggml rounds them to Q8_0; crates/pajamas-runtime/tests/gpt_oss.rs
+    # checks its logits against transformers').
+    sources = [path] + ([folder(case)] if case == "gpt_oss" else [])
+    for source in sources:
+        ours = our_eval(source, ctx=128, chunks=4)
+        assert ours["scored_tokens"] == n_scored
+        rel = abs(ours["perplexity"]["ppl"] / theirs - 1)
+        print(f"\n{case} PPL: ours ({source.name}) {ours['perplexity']['ppl']:.1f}, "
+              f"llama.cpp ({path.name}) {theirs:.1f} ({rel:.4%})")
+        assert rel < 0.01
+
+
+def test_imatrix_has_per_expert_entries(converted, tmp_path):
+    """`imatrix` on the MXFP4 file: one entry per stacked expert tensor with a column of
+    sums and a count per expert (the counts of a layer add up to tokens x top-k), the
+    router as ffn_gate_inp; `quantize --imatrix` takes it for the float checkpoint."""
+    cfg = config("gpt_oss")
+    out = tmp_path / "im.gguf"
+    text = REPO / "data" / "corpora" / "wiki_eval_small.txt"
+    s = json.loads(run("imatrix", "--model", converted("gpt_oss-mxfp4")["MXFP4_MOE"], "--calibration", text,
+                       "--ctx", 64, "--chunks", 2, "--output", out, "--json").stdout)
+    r = gguf.GGUFReader(str(out))
+    t = {x.name: x for x in r.tensors}
+    n_e, h, w = cfg["num_local_experts"], cfg["hidden_size"], cfg["intermediate_size"]
+    for i in range(cfg["num_hidden_layers"]):
+        for g, cols in [("ffn_gate_exps", h), ("ffn_up_exps", h), ("ffn_down_exps", w)]:
+            sums = t[f"blk.{i}.{g}.weight.in_sum2"]
+            counts = np.asarray(t[f"blk.{i}.{g}.weight.counts"].data, dtype=np.float64).ravel()
+            assert [int(d) for d in sums.shape] == [cols, n_e], g
+            assert counts.shape == (n_e,)
+            assert counts.sum() == s["tokens"] * cfg["num_experts_per_tok"]
+            assert (counts > 0).sum() >= 2
+        assert f"blk.{i}.ffn_gate_inp.weight.in_sum2" in t
+        assert f"blk.{i}.attn_q.weight.in_sum2" in t
+    q = tmp_path / "q"
+    run("quantize", "llm", "--model", folder("gpt_oss"), "--gguf-precision", "Q4_K_M", "--imatrix", out,
+        "--output", q)
+    assert (q / "gguf" / "Q4_K_M" / "tiny-gpt_oss-Q4_K_M.gguf").is_file()

@@ -806,7 +806,8 @@ fn load_imatrix(path: &Path, tensors: &[SourceTensor]) -> Result<pajamas_imatrix
     let im = pajamas_imatrix::Imatrix::read(path)?;
     let matrices: Vec<(&str, usize, usize)> = tensors
         .iter()
-        .filter(|t| t.ne.len() >= 2)
+        // Weights only: gpt-oss's stacked expert biases are 2-D too.
+        .filter(|t| t.ne.len() >= 2 && t.gguf.ends_with(".weight"))
         .map(|t| {
             (
                 t.gguf.as_str(),

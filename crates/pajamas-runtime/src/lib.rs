@@ -19,6 +19,7 @@ pub mod act_quant;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod gpt_oss;
 pub mod hook;
 pub mod mamba;
 pub mod mlx_source;
