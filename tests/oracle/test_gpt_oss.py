@@ -287,12 +287,13 @@ def rope(x, pos, inv, mscale):
     return x * cos + rot * sin
 
 
-def numpy_logits(case, ids, truncate, q8_mxfp4=False):
+def numpy_logits(case, ids, truncate, q8_mxfp4=False, weights=None):
     """transformers' GptOssForCausalLM in float64. `truncate`: YaRN's correction range in
     whole dimensions (llama.cpp) or not (the config's `truncate: false`, transformers).
-    `q8_mxfp4`: round the inputs of MXFP4 expert products to Q8_0 as ggml does."""
+    `q8_mxfp4`: round the inputs of MXFP4 expert products to Q8_0 as ggml does.
+    `weights`: HF-layout weights to use instead of the checkpoint's."""
     cfg = config(case)
-    w, mx = hf_weights(case)
+    w, mx = hf_weights(case) if weights is None else (weights, False)
     w = {k: v.astype(np.float64) for k, v in w.items()}
     n, h = len(ids), cfg["hidden_size"]
     nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
@@ -442,3 +443,89 @@ def test_imatrix_has_per_expert_entries(converted, tmp_path):
     run("quantize", "llm", "--model", folder("gpt_oss"), "--gguf-precision", "Q4_K_M", "--imatrix", out,
         "--output", q)
     assert (q / "gguf" / "Q4_K_M" / "tiny-gpt_oss-Q4_K_M.gguf").is_file()
+
+
+# ---------------------------------------------------------------- MLX output
+
+def quantize_mlx(case, out, *args):
+    r = json.loads(run("quantize", "llm", "--model", folder(case), "--formats", "mlx", *args,
+                       "--output", out, "--json").stdout)
+    return out / r["outputs"][0]["path"]
+
+
+def mlx_as_hf(path):
+    """Our MLX checkpoint dequantized (mx.dequantize) back into the HF layout: the
+    experts re-fused and re-interleaved, so the numpy pass runs what the file encodes."""
+    import mlx.core as mx
+    cfg = json.loads((path / "config.json").read_text())
+    q = cfg["quantization"]
+    raw = mx.load(str(path / "model.safetensors"))
+    w = {}
+    for k, v in raw.items():
+        if k.endswith(".scales") or k.endswith(".biases"):
+            continue
+        module = k[: -len(".weight")] if k.endswith(".weight") else None
+        if module and module + ".scales" in raw:
+            spec = q.get(module) or {"bits": q["bits"], "group_size": q["group_size"]}
+            v = mx.dequantize(v, raw[module + ".scales"], raw[module + ".biases"],
+                              group_size=spec["group_size"], bits=spec["bits"])
+        w[k] = np.array(v.astype(mx.float32))
+    for i in range(cfg["num_hidden_layers"]):
+        e = f"model.layers.{i}.mlp.experts."
+        gate, up = w.pop(e + "gate_proj.weight"), w.pop(e + "up_proj.weight")  # [E, I, in]
+        gu = np.empty((gate.shape[0], 2 * gate.shape[1], gate.shape[2]), np.float32)
+        gu[:, ::2], gu[:, 1::2] = gate, up
+        w[e + "gate_up_proj"] = gu.transpose(0, 2, 1)
+        gb, ub = w.pop(e + "gate_proj.bias"), w.pop(e + "up_proj.bias")
+        gub = np.empty((gb.shape[0], 2 * gb.shape[1]), np.float32)
+        gub[:, ::2], gub[:, 1::2] = gb, ub
+        w[e + "gate_up_proj_bias"] = gub
+        w[e + "down_proj"] = w.pop(e + "down_proj.weight").transpose(0, 2, 1)
+        w[e + "down_proj_bias"] = w.pop(e + "down_proj.bias")
+    return w
+
+
+@pytest.mark.parametrize("args", [["--mlx-bits", 4, "--mlx-group-size", 32, "--mlx-uniform"], []],
+                         ids=["uniform-4bit", "default"])
+def test_mlx_loads_and_runs_what_it_encodes(args, tmp_path):
+    """mlx-lm's gpt_oss (sanitize leaves our de-interleaved `mlp.experts.{gate,up,down}_proj`
+    alone) loads our 4-bit and default (architecture-aware mixed) checkpoints; its logits
+    equal the numpy pass run on the checkpoint's dequantized weights (mlx-lm's YaRN
+    rounds the correction range as llama.cpp does), so every tensor sits where mlx-lm
+    reads it. The router is 8-bit group 64 as mlx-lm's quant_predicate makes it; the
+    config carries rope_theta / rope_scaling, which mlx-lm's ModelArgs reads. (mlx_lm.convert
+    cannot process this transformers 5 checkpoint: its sanitize renames the float
+    `gate_up_proj` to a name its model lacks, so there is no byte comparison.)"""
+    import mlx.core as mx
+    from mlx_lm import load
+    case = "gpt_oss"
+    out = quantize_mlx(case, tmp_path / "out", *args)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["rope_theta"] == cfg["rope_parameters"]["rope_theta"]
+    assert cfg["rope_scaling"]["rope_type"] == "yarn"
+    assert cfg["quantization"]["model.layers.0.mlp.router"]["bits"] == 8
+    model, _ = load(str(out))
+    ids = ref_ids(case)
+    got = np.array(model(mx.array([ids])).astype(mx.float32))[0]
+    want = numpy_logits(case, ids, truncate=True, weights=mlx_as_hf(out))
+    diff = float(np.abs(got - want).max())
+    ref = np.load(folder(case) / "reference_logits.npy")
+    corr = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
+    print(f"\nMLX {out.name}: vs numpy on its weights max|diff| {diff:.3g}; vs transformers corr {corr:.4f}")
+    assert diff < 1e-3 * np.abs(want).max()
+
+
+def test_mlx_8bit_follows_the_reference(tmp_path):
+    """At 8 bits mlx-lm's logits on our checkpoint follow transformers' reference."""
+    import mlx.core as mx
+    from mlx_lm import load
+    case = "gpt_oss"
+    out = quantize_mlx(case, tmp_path / "out", "--mlx-bits", 8, "--mlx-group-size", 32, "--mlx-uniform")
+    model, _ = load(str(out))
+    ids = ref_ids(case)
+    got = np.array(model(mx.array([ids])).astype(mx.float32))[0]
+    ref = np.load(folder(case) / "reference_logits.npy")
+    argmax = float(np.mean(got.argmax(1) == ref.argmax(1)))
+    corr = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
+    print(f"\nMLX 8-bit: argmax {argmax:.1%}, corr {corr:.5f}")
+    assert argmax >= 0.9 and corr > 0.999

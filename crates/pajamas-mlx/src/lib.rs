@@ -38,6 +38,7 @@
 use std::path::PathBuf;
 
 pub mod affine;
+pub mod gpt_oss;
 pub mod names;
 pub mod plan;
 pub mod writer;

@@ -49,6 +49,9 @@ pub enum MlxFamily {
     /// The same class without experts (`num_local_experts: 0`, Granite 4.0-H Micro): its
     /// `sanitize` turns `shared_mlp.{input,output}_linear` into `mlp.{gate,up,down}_proj`.
     GraniteMoeHybridDense,
+    /// `mlx_lm.models.gpt_oss`: biased `SwitchGLU` experts written de-interleaved (see
+    /// `crate::gpt_oss`), attention sinks.
+    GptOss,
 }
 
 /// Model types we write MLX checkpoints for.
@@ -63,6 +66,7 @@ pub const MLX_MODEL_TYPES: &[&str] = &[
     "qwen2_moe",
     "qwen3_moe",
     "granitemoehybrid",
+    "gpt_oss",
 ];
 
 impl MlxFamily {
@@ -93,6 +97,7 @@ impl MlxFamily {
             "qwen2_moe" => MlxFamily::Qwen2Moe,
             "qwen3_moe" => MlxFamily::Qwen3Moe,
             "granitemoehybrid" => MlxFamily::GraniteMoeHybrid,
+            "gpt_oss" => MlxFamily::GptOss,
             other => return Err(MlxError::UnsupportedModelType(other.to_string())),
         })
     }
@@ -109,6 +114,7 @@ impl MlxFamily {
             MlxFamily::Qwen2Moe => "qwen2_moe",
             MlxFamily::Qwen3Moe => "qwen3_moe",
             MlxFamily::GraniteMoeHybrid | MlxFamily::GraniteMoeHybridDense => "granitemoehybrid",
+            MlxFamily::GptOss => "gpt_oss",
         }
     }
 
@@ -157,6 +163,10 @@ pub enum Mapped {
     /// parameters: rows `[0, n)` of every stacked matrix under `first`, rows `[n, 2n)`
     /// under `second`.
     Split { first: String, second: String },
+    /// Rows (weights) or columns (biases) `k, k + n, ...` of the source under `names[k]`
+    /// (`n = names.len()`), every stacked matrix transposed first when `transpose`
+    /// (gpt-oss's interleaved `gate_up_proj`, see `crate::gpt_oss`).
+    Strided { names: Vec<String>, transpose: bool },
     /// Not written, for this reason.
     Drop(&'static str),
 }
@@ -206,6 +216,11 @@ const LAYER_LEAVES: &[(&str, ModuleKind)] = &[
     ("block_sparse_moe.router.layer", ModuleKind::Linear),
     ("shared_mlp.input_linear", ModuleKind::Linear),
     ("shared_mlp.output_linear", ModuleKind::Linear),
+    // gpt-oss: biased router and SwitchGLU experts.
+    ("mlp.router", ModuleKind::Linear),
+    ("mlp.experts.gate_proj", ModuleKind::Linear),
+    ("mlp.experts.up_proj", ModuleKind::Linear),
+    ("mlp.experts.down_proj", ModuleKind::Linear),
     ("input_layernorm", ModuleKind::Norm),
     ("post_attention_layernorm", ModuleKind::Norm),
     ("pre_feedforward_layernorm", ModuleKind::Norm),
@@ -252,6 +267,11 @@ pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxEr
     }
     if let Some(m) = granite_ffn(&text, family) {
         return Ok(m);
+    }
+    if family == MlxFamily::GptOss {
+        if let Some(m) = crate::gpt_oss::map_expert(&text) {
+            return Ok(m);
+        }
     }
     if text.ends_with(".rotary_emb.inv_freq") {
         return Ok(Mapped::Drop(
@@ -348,6 +368,10 @@ pub fn module_kind(mlx_name: &str) -> Option<ModuleKind> {
     if module == "mamba" && matches!(part, "A_log" | "D" | "dt_bias") {
         return Some(ModuleKind::Other);
     }
+    // gpt-oss's attention sinks, a bare parameter.
+    if module == "self_attn" && part == "sinks" {
+        return Some(ModuleKind::Other);
+    }
     let kind = LAYER_LEAVES
         .iter()
         .find(|(l, _)| *l == module)
@@ -385,6 +409,7 @@ mod tests {
             Mapped::Drop(why) => panic!("{hf} dropped: {why}"),
             Mapped::Expert { name, expert } => panic!("{hf} is expert {expert} of {name}"),
             Mapped::Split { first, second } => panic!("{hf} is split into {first}, {second}"),
+            Mapped::Strided { names, .. } => panic!("{hf} is strided into {names:?}"),
         }
     }
 

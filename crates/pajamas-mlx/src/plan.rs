@@ -199,6 +199,9 @@ pub struct PlannedTensor {
     /// the rows of every stacked matrix, 1 the second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub half: Option<u8>,
+    /// Strided rows or columns of the source (`Mapped::Strided`, gpt-oss's experts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strided: Option<crate::gpt_oss::Strided>,
 }
 
 impl PlannedTensor {
@@ -350,8 +353,28 @@ pub fn plan_mlx(
     for t in tensors {
         let mut shape = t.shape.clone();
         let mut halves: Vec<(String, Option<u8>)> = Vec::new();
+        let mut strides: Vec<crate::gpt_oss::Strided> = Vec::new();
         let name = match map_name(&t.name, family, tied)? {
             Mapped::Keep(n) => n,
+            Mapped::Strided { names, transpose } => {
+                let stride = names.len() as u8;
+                for (k, n) in names.into_iter().enumerate() {
+                    let s = crate::gpt_oss::Strided {
+                        offset: k as u8,
+                        stride,
+                        transpose,
+                    };
+                    shape = crate::gpt_oss::shape(&t.shape, s, n.ends_with(".bias")).ok_or_else(
+                        || MlxError::UnknownTensor {
+                            name: t.name.clone(),
+                            family: family.mlx_lm_module(),
+                        },
+                    )?;
+                    strides.push(s);
+                    halves.push((n, None));
+                }
+                halves[0].0.clone()
+            }
             Mapped::Split { first, second } => {
                 // Two parameters of half the rows each.
                 let k = shape.len().saturating_sub(2);
@@ -407,7 +430,7 @@ pub fn plan_mlx(
         if halves.is_empty() {
             halves.push((name, None));
         }
-        for (name, half) in halves {
+        for (j, (name, half)) in halves.into_iter().enumerate() {
             let kind = names::module_kind(&name).expect("map_name keeps known names only");
             let is_weight = name.ends_with(".weight");
             planned.push(PlannedTensor {
@@ -421,6 +444,7 @@ pub fn plan_mlx(
                 reason: String::new(),
                 parts: Vec::new(),
                 half,
+                strided: strides.get(j).copied(),
             });
             let p = planned.last_mut().expect("just pushed");
             if kind == ModuleKind::Other {
@@ -521,6 +545,7 @@ pub fn plan_mlx(
 /// (qwen3_moe's `mlp.gate`, granitemoehybrid's `block_sparse_moe.router.layer`).
 fn is_class_router(family: MlxFamily, module: &str) -> bool {
     (family == MlxFamily::Qwen3Moe && module.ends_with("mlp.gate"))
+        || (family == MlxFamily::GptOss && module.ends_with("mlp.router"))
         || (family == MlxFamily::GraniteMoeHybrid && module.ends_with("router.layer"))
 }
 
@@ -626,7 +651,7 @@ fn apply_aware(
                     "shared expert gate: scales the shared expert's output for every token".into(),
                 ),
             ),
-            (ModuleKind::Linear, "gate") | (ModuleKind::Linear, "layer") => (
+            (ModuleKind::Linear, "gate" | "layer" | "router") => (
                 0,
                 c(
                     8,
@@ -829,8 +854,9 @@ impl MlxPlan {
         data: &[f32],
     ) -> Result<Vec<(String, Vec<u8>)>, MlxError> {
         let p = &self.tensors[index];
-        let per_part =
-            p.elements() / p.parts.len().max(1) as u64 * if p.half.is_some() { 2 } else { 1 };
+        let per_part = p.elements() / p.parts.len().max(1) as u64
+            * if p.half.is_some() { 2 } else { 1 }
+            * p.strided.map_or(1, |s| s.stride as u64);
         if data.len() as u64 != per_part {
             return Err(MlxError::LengthMismatch {
                 what: "tensor data",
@@ -838,6 +864,16 @@ impl MlxPlan {
                 got: data.len(),
             });
         }
+        let strided;
+        let data = match p.strided {
+            None => data,
+            Some(s) => {
+                let bias = p.name.ends_with(".bias");
+                let shape = crate::gpt_oss::source_shape(&p.shape, s, bias);
+                strided = crate::gpt_oss::apply(data, &shape, s, bias);
+                &strided[..]
+            }
+        };
         let halved;
         let data = match p.half {
             None => data,
@@ -942,6 +978,9 @@ impl MlxPlan {
         // mlx-lm's qwen3_moe requires the transformers 4 spellings that transformers 5
         // renamed: `num_experts` (now `num_local_experts`) and `rope_theta` (now inside
         // `rope_parameters`).
+        if self.family == MlxFamily::GptOss {
+            crate::gpt_oss::fix_config(&mut c);
+        }
         if self.family == MlxFamily::Qwen3Moe {
             if !c.contains_key("num_experts") {
                 if let Some(n) = c.get("num_local_experts").cloned() {
