@@ -487,7 +487,8 @@ def mlx_as_hf(path):
 
 @pytest.mark.parametrize("args", [["--mlx-bits", 4, "--mlx-group-size", 32, "--mlx-uniform"], []],
                          ids=["uniform-4bit", "default"])
-def test_mlx_loads_and_runs_what_it_encodes(args, tmp_path):
+@pytest.mark.parametrize("case", CASES)
+def test_mlx_loads_and_runs_what_it_encodes(case, args, tmp_path):
     """mlx-lm's gpt_oss (sanitize leaves our de-interleaved `mlp.experts.{gate,up,down}_proj`
     alone) loads our 4-bit and default (architecture-aware mixed) checkpoints; its logits
     equal the numpy pass run on the checkpoint's dequantized weights (mlx-lm's YaRN
@@ -495,10 +496,10 @@ def test_mlx_loads_and_runs_what_it_encodes(args, tmp_path):
     reads it. The router is 8-bit group 64 as mlx-lm's quant_predicate makes it; the
     config carries rope_theta / rope_scaling, which mlx-lm's ModelArgs reads. (mlx_lm.convert
     cannot process this transformers 5 checkpoint: its sanitize renames the float
-    `gate_up_proj` to a name its model lacks, so there is no byte comparison.)"""
+    `gate_up_proj` to a name its model lacks, so there is no byte comparison.) The MXFP4
+    checkpoint's experts are decoded and quantized for mlx like float ones."""
     import mlx.core as mx
     from mlx_lm import load
-    case = "gpt_oss"
     out = quantize_mlx(case, tmp_path / "out", *args)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["rope_theta"] == cfg["rope_parameters"]["rope_theta"]
@@ -511,15 +512,15 @@ def test_mlx_loads_and_runs_what_it_encodes(args, tmp_path):
     diff = float(np.abs(got - want).max())
     ref = np.load(folder(case) / "reference_logits.npy")
     corr = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
-    print(f"\nMLX {out.name}: vs numpy on its weights max|diff| {diff:.3g}; vs transformers corr {corr:.4f}")
+    print(f"\n{case} MLX {out.name}: vs numpy on its weights max|diff| {diff:.3g}; vs transformers corr {corr:.4f}")
     assert diff < 1e-3 * np.abs(want).max()
 
 
-def test_mlx_8bit_follows_the_reference(tmp_path):
+@pytest.mark.parametrize("case", CASES)
+def test_mlx_8bit_follows_the_reference(case, tmp_path):
     """At 8 bits mlx-lm's logits on our checkpoint follow transformers' reference."""
     import mlx.core as mx
     from mlx_lm import load
-    case = "gpt_oss"
     out = quantize_mlx(case, tmp_path / "out", "--mlx-bits", 8, "--mlx-group-size", 32, "--mlx-uniform")
     model, _ = load(str(out))
     ids = ref_ids(case)
@@ -527,5 +528,5 @@ def test_mlx_8bit_follows_the_reference(tmp_path):
     ref = np.load(folder(case) / "reference_logits.npy")
     argmax = float(np.mean(got.argmax(1) == ref.argmax(1)))
     corr = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
-    print(f"\nMLX 8-bit: argmax {argmax:.1%}, corr {corr:.5f}")
+    print(f"\n{case} MLX 8-bit: argmax {argmax:.1%}, corr {corr:.5f}")
     assert argmax >= 0.9 and corr > 0.999

@@ -657,6 +657,18 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         // gpt-oss MXFP4 experts: the checkpoint's blocks, repacked; f32 for other types.
         let native = match (&source, t.transform) {
             (Source::Hf(model), Tx::GptOss(op)) if op.is_mxfp4() => {
+                if matches!(op, gpt_oss::Op::Mxfp4 { offset: 0, .. }) {
+                    // The MLX writer gets the whole checkpoint tensor decoded, once.
+                    let all = gpt_oss::Op::Mxfp4 {
+                        offset: 0,
+                        stride: 1,
+                    };
+                    let bytes = read_native_mxfp4(model, t, all)?;
+                    let values =
+                        pajamas_quant::dequantize_rows(GgmlType::MXFP4, &bytes, t.ne[0] as usize)
+                            .map_err(|e| anyhow!("tensor '{}': {e}", t.parts[0]))?;
+                    to_mlx(&t.parts[0], &values)?;
+                }
                 Some(read_native_mxfp4(model, t, op)?)
             }
             _ => None,

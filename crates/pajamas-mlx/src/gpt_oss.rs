@@ -47,8 +47,33 @@ pub fn map_expert(hf: &str) -> Option<Mapped> {
             transpose: true,
         },
         "mlp.experts.down_proj_bias" => Mapped::Keep(e("down_proj.bias")),
+        // The published checkpoints' MXFP4 experts, decoded to f32 `[E, out, in]` by the
+        // caller (already out-major: no transpose).
+        "mlp.experts.gate_up_proj_blocks" => Mapped::Strided {
+            names: vec![e("gate_proj.weight"), e("up_proj.weight")],
+            transpose: false,
+        },
+        "mlp.experts.down_proj_blocks" => Mapped::Strided {
+            names: vec![e("down_proj.weight")],
+            transpose: false,
+        },
+        "mlp.experts.gate_up_proj_scales" | "mlp.experts.down_proj_scales" => Mapped::Drop(
+            "MXFP4 scales: decoded with their blocks, which are quantized for mlx from the f32 values",
+        ),
         _ => return None,
     })
+}
+
+/// The f32 shape an MXFP4 `*_blocks` tensor `[E, rows, nb, 16]` decodes to
+/// (`[E, rows, nb * 32]`); `None` for other tensors.
+pub fn decoded_shape(name: &str, shape: &[u64]) -> Option<Vec<u64>> {
+    if !name.ends_with("_blocks") {
+        return None;
+    }
+    match shape {
+        [e, rows, nb, 16] => Some(vec![*e, *rows, nb * 32]),
+        _ => None,
+    }
 }
 
 /// The planned shape of a strided parameter from its source shape.

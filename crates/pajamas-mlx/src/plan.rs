@@ -351,7 +351,12 @@ pub fn plan_mlx(
     // Stacked expert parameters: name -> (index in `planned`, [(expert, source, shape)]).
     let mut stacks: HashMap<String, Stack> = HashMap::new();
     for t in tensors {
-        let mut shape = t.shape.clone();
+        // gpt-oss's MXFP4 `*_blocks` arrive decoded, `[E, rows, in]` f32.
+        let decoded = (family == MlxFamily::GptOss)
+            .then(|| crate::gpt_oss::decoded_shape(&t.name, &t.shape))
+            .flatten();
+        let source_shape = decoded.clone().unwrap_or_else(|| t.shape.clone());
+        let mut shape = source_shape.clone();
         let mut halves: Vec<(String, Option<u8>)> = Vec::new();
         let mut strides: Vec<crate::gpt_oss::Strided> = Vec::new();
         let name = match map_name(&t.name, family, tied)? {
@@ -364,12 +369,11 @@ pub fn plan_mlx(
                         stride,
                         transpose,
                     };
-                    shape = crate::gpt_oss::shape(&t.shape, s, n.ends_with(".bias")).ok_or_else(
-                        || MlxError::UnknownTensor {
+                    shape = crate::gpt_oss::shape(&source_shape, s, n.ends_with(".bias"))
+                        .ok_or_else(|| MlxError::UnknownTensor {
                             name: t.name.clone(),
                             family: family.mlx_lm_module(),
-                        },
-                    )?;
+                        })?;
                     strides.push(s);
                     halves.push((n, None));
                 }
@@ -411,7 +415,7 @@ pub fn plan_mlx(
                 continue;
             }
         };
-        if !t.dtype.is_float_readable() {
+        if !t.dtype.is_float_readable() && decoded.is_none() {
             return Err(MlxError::NotFloat {
                 name: t.name.clone(),
                 dtype: t.dtype.name().to_string(),
