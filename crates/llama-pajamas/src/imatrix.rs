@@ -12,6 +12,7 @@ use pajamas_imatrix::{Collector, Imatrix};
 use pajamas_runtime::{LinearHook, LinearInput, ModelConfig};
 
 use crate::eval::{load_model, prepare_text, run_eval};
+use crate::imatrix_hybrid::hybrid_target;
 
 /// Options of `imatrix`.
 #[derive(Debug, Clone)]
@@ -69,19 +70,36 @@ impl LinearHook for CollectHook<'_> {
         if self.error.is_some() {
             return;
         }
+        let n_experts = self.config.moe.as_ref().map(|m| m.n_experts);
         // An expert's matrix is one slice of its layer's stacked `*_exps` weight.
-        let expert = map_expert(input.tensor).zip(self.config.moe.as_ref().map(|m| m.n_experts));
+        let expert = match hybrid_target(self.config, input.tensor, input.name) {
+            Some(t) => match t.expert {
+                Some(e) => Some((t.gguf, e)).zip(n_experts),
+                None => {
+                    self.add(&t.gguf, input, None);
+                    return;
+                }
+            },
+            None => map_expert(input.tensor).zip(n_experts),
+        };
         let name = match &expert {
             Some(((stacked, _), _)) => stacked.clone(),
             None => self.gguf_name(input),
         };
-        if !self.collector.wants(&name) {
+        self.add(&name, input, expert.map(|((_, e), n)| (e as usize, n)));
+    }
+}
+
+impl CollectHook<'_> {
+    /// Records `input` under `name`, as matrix `e` of `n` when `expert` is `(e, n)`.
+    fn add(&mut self, name: &str, input: &LinearInput<'_>, expert: Option<(usize, usize)>) {
+        if !self.collector.wants(name) {
             return;
         }
         let added = match expert {
-            Some(((_, e), n_experts)) => self.collector.add_expert(
-                &name,
-                e as usize,
+            Some((e, n_experts)) => self.collector.add_expert(
+                name,
+                e,
                 n_experts,
                 input.data,
                 input.n_tokens,
@@ -89,7 +107,7 @@ impl LinearHook for CollectHook<'_> {
             ),
             None => self
                 .collector
-                .add(&name, input.data, input.n_tokens, input.in_features),
+                .add(name, input.data, input.n_tokens, input.in_features),
         };
         if let Err(e) = added {
             self.error = Some(e.into());

@@ -14,6 +14,7 @@ pub mod calibration;
 pub mod detect;
 pub mod eval;
 pub mod imatrix;
+pub mod imatrix_hybrid;
 pub mod iq;
 pub mod manifest;
 pub mod profile;

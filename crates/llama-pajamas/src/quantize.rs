@@ -812,8 +812,9 @@ fn encode(
 
 /// Reads an imatrix and checks it against the tensors to be written: every matrix of
 /// the decoder blocks must have an entry of the right length, and every entry must name
-/// one of our tensors. `token_embd` (a lookup) and `output` (collected only with
-/// `--process-output`) may lack one, as with llama-quantize.
+/// one of our tensors. `token_embd` (a lookup), `output` (collected only with
+/// `--process-output`) and Mamba-2's 2-D parameters that no product reads may lack one,
+/// as with llama-quantize.
 fn load_imatrix(path: &Path, tensors: &[SourceTensor]) -> Result<pajamas_imatrix::Imatrix> {
     let im = pajamas_imatrix::Imatrix::read(path)?;
     let matrices: Vec<(&str, usize, usize)> = tensors
@@ -832,7 +833,7 @@ fn load_imatrix(path: &Path, tensors: &[SourceTensor]) -> Result<pajamas_imatrix
     let missing: Vec<&String> = report
         .missing
         .iter()
-        .filter(|n| n.starts_with("blk."))
+        .filter(|n| n.starts_with("blk.") && crate::imatrix_hybrid::is_product_weight(n))
         .collect();
     if !missing.is_empty() {
         bail!(

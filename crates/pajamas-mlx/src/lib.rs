@@ -40,6 +40,7 @@ use std::path::PathBuf;
 pub mod affine;
 pub mod gpt_oss;
 pub mod names;
+pub mod nemotron_h;
 pub mod plan;
 pub mod writer;
 
@@ -68,7 +69,7 @@ pub enum MlxError {
     },
     #[error("non-finite value {value} at element {index}")]
     NonFinite { index: usize, value: f32 },
-    #[error("writing MLX checkpoints of model_type '{0}' is not supported yet (supported: llama, mistral, qwen2, qwen3, gemma3_text, gemma3, mixtral, qwen2_moe, qwen3_moe)")]
+    #[error("writing MLX checkpoints of model_type '{0}' is not supported yet (supported: {list})", list = MLX_MODEL_TYPES.join(", "))]
     UnsupportedModelType(String),
     #[error("tensor '{name}' is not a parameter of mlx-lm's {family} model; this checkpoint has a layout we do not convert to MLX yet")]
     UnknownTensor { name: String, family: &'static str },

@@ -52,6 +52,9 @@ pub enum MlxFamily {
     /// `mlx_lm.models.gpt_oss`: biased `SwitchGLU` experts written de-interleaved (see
     /// `crate::gpt_oss`), attention sinks.
     GptOss,
+    /// `mlx_lm.models.nemotron_h`: `backbone.*` names, experts stacked into
+    /// `switch_mlp.fc1` / `fc2` (see [`crate::nemotron_h`]).
+    NemotronH,
 }
 
 /// Model types we write MLX checkpoints for.
@@ -67,6 +70,7 @@ pub const MLX_MODEL_TYPES: &[&str] = &[
     "qwen3_moe",
     "granitemoehybrid",
     "gpt_oss",
+    "nemotron_h",
 ];
 
 impl MlxFamily {
@@ -98,6 +102,7 @@ impl MlxFamily {
             "qwen3_moe" => MlxFamily::Qwen3Moe,
             "granitemoehybrid" => MlxFamily::GraniteMoeHybrid,
             "gpt_oss" => MlxFamily::GptOss,
+            "nemotron_h" => MlxFamily::NemotronH,
             other => return Err(MlxError::UnsupportedModelType(other.to_string())),
         })
     }
@@ -115,6 +120,7 @@ impl MlxFamily {
             MlxFamily::Qwen3Moe => "qwen3_moe",
             MlxFamily::GraniteMoeHybrid | MlxFamily::GraniteMoeHybridDense => "granitemoehybrid",
             MlxFamily::GptOss => "gpt_oss",
+            MlxFamily::NemotronH => "nemotron_h",
         }
     }
 
@@ -252,6 +258,12 @@ fn gemma3_text_name(hf: &str) -> Result<String, &'static str> {
 /// Maps one HF tensor name. `tied`: the model ties its output head to the embedding.
 /// An unknown name is an error: mlx-lm would refuse to load a file that has it.
 pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxError> {
+    if family == MlxFamily::NemotronH {
+        return crate::nemotron_h::map_name(hf).ok_or_else(|| MlxError::UnknownTensor {
+            name: hf.to_string(),
+            family: family.mlx_lm_module(),
+        });
+    }
     let text = if family == MlxFamily::Gemma3 {
         match gemma3_text_name(hf) {
             Ok(t) => t,
@@ -354,6 +366,9 @@ fn expert_slot(hf: &str) -> Option<(String, usize)> {
 /// wrapper's `language_model.` prefix.
 pub fn module_kind(mlx_name: &str) -> Option<ModuleKind> {
     let name = mlx_name.strip_prefix("language_model.").unwrap_or(mlx_name);
+    if name.starts_with("backbone.") {
+        return crate::nemotron_h::module_kind(name);
+    }
     match name {
         "model.embed_tokens.weight" => return Some(ModuleKind::Embedding),
         "model.norm.weight" => return Some(ModuleKind::Norm),
@@ -392,10 +407,13 @@ pub fn module_path(mlx_name: &str) -> &str {
         .unwrap_or(mlx_name)
 }
 
-/// The decoder layer a module path belongs to (`model.layers.7.mlp.down_proj` -> 7).
+/// The decoder layer a module path belongs to (`model.layers.7.mlp.down_proj` -> 7;
+/// Nemotron-H's `backbone.layers.7.mixer.down_proj` too).
 pub fn layer_index(path: &str) -> Option<u64> {
     let name = path.strip_prefix("language_model.").unwrap_or(path);
-    let rest = name.strip_prefix("model.layers.")?;
+    let rest = name
+        .strip_prefix("model.layers.")
+        .or_else(|| name.strip_prefix("backbone.layers."))?;
     rest.split('.').next()?.parse().ok()
 }
 

@@ -30,6 +30,7 @@ use serde_json::{json, Map, Value};
 
 use crate::affine::{self, MlxDtype};
 use crate::names::{self, layer_index, map_name, module_path, Mapped, MlxFamily, ModuleKind};
+use crate::nemotron_h;
 use crate::writer::OutputTensor;
 use crate::MlxError;
 
@@ -340,8 +341,10 @@ pub fn plan_mlx(
         )
     });
     // Gemma 3 ties whenever the checkpoint has no lm_head (mlx-lm's gemma3_text sanitize).
-    let tied = arch.tie_word_embeddings
-        || (!has_head && matches!(family, MlxFamily::Gemma3Text | MlxFamily::Gemma3));
+    // Nemotron-H's class always has its own lm_head.
+    let tied = family != MlxFamily::NemotronH
+        && (arch.tie_word_embeddings
+            || (!has_head && matches!(family, MlxFamily::Gemma3Text | MlxFamily::Gemma3)));
     if !tied && !has_head {
         return Err(MlxError::MissingOutputHead);
     }
@@ -423,9 +426,15 @@ pub fn plan_mlx(
         }
         // No float torch_dtype: each tensor keeps its own type (F64 becomes F32, which
         // mlx can hold).
-        let out_dtype = dtype
-            .or_else(|| MlxDtype::from_dtype(t.dtype))
-            .unwrap_or(MlxDtype::F32);
+        let own_dtype = MlxDtype::from_dtype(t.dtype);
+        // A class's `cast_predicate` keeps some parameters in their checkpoint dtype.
+        let keep_own = family == MlxFamily::NemotronH && nemotron_h::keeps_checkpoint_dtype(&name);
+        let out_dtype = if keep_own {
+            own_dtype.or(dtype)
+        } else {
+            dtype.or(own_dtype)
+        }
+        .unwrap_or(MlxDtype::F32);
         // Mamba's depthwise conv: HF `[C, 1, K]`, mlx `[C, K, 1]` (sanitize's moveaxis;
         // the same bytes).
         if name.ends_with("conv1d.weight") && shape.len() == 3 && shape[1] == 1 {
@@ -816,7 +825,10 @@ impl MlxPlan {
     pub fn parameters(&self) -> u64 {
         self.tensors
             .iter()
-            .filter(|t| t.kind != ModuleKind::Other || t.name.contains("conv1d"))
+            .filter(|t| match self.family {
+                MlxFamily::NemotronH => nemotron_h::counts_as_parameter(&t.name),
+                _ => t.kind != ModuleKind::Other || t.name.contains("conv1d"),
+            })
             .map(PlannedTensor::elements)
             .sum()
     }

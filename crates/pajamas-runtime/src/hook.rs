@@ -7,10 +7,12 @@ pub struct LinearInput<'a> {
     /// Decoder layer index; the output head reports `n_layers` (one past the last layer).
     pub layer: usize,
     /// Short name of the linear layer: `q_proj`, `k_proj`, `v_proj`, `o_proj`,
-    /// `gate_proj`, `up_proj`, `down_proj` or `lm_head`.
+    /// `gate_proj`, `up_proj`, `down_proj`, `router`, Mamba-2's `in_proj` / `out_proj`
+    /// or `lm_head`.
     pub name: &'static str,
     /// The weight's HF tensor name, e.g. `model.layers.3.mlp.down_proj.weight`
-    /// (`model.embed_tokens.weight` for a tied head).
+    /// (`model.embed_tokens.weight` for a tied head). One matrix of a stacked expert
+    /// tensor is `name[E]` (Granite 4.0-H's `block_sparse_moe.input_linear.weight[3]`).
     pub tensor: &'a str,
     /// Row-major activations `[n_tokens x in_features]`.
     pub data: &'a [f32],

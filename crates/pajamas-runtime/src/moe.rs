@@ -195,11 +195,13 @@ impl MoeWeights {
             .map(|e| {
                 let m = &fused[e * 2 * w * hidden..(e + 1) * 2 * w * hidden];
                 let (gate, up) = m.split_at(w * hidden);
+                // Matrix `e` of a stacked tensor is reported to hooks as `name[e]`.
+                let (fused_e, down_e) = (format!("{in_name}[{e}]"), format!("{out_name}[{e}]"));
                 Mlp {
-                    gate_proj: Linear::from_weight(in_name.clone(), gate.to_vec(), w, hidden, None),
-                    up_proj: Linear::from_weight(in_name.clone(), up.to_vec(), w, hidden, None),
+                    gate_proj: Linear::from_weight(fused_e.clone(), gate.to_vec(), w, hidden, None),
+                    up_proj: Linear::from_weight(fused_e, up.to_vec(), w, hidden, None),
                     down_proj: Linear::from_weight(
-                        out_name.clone(),
+                        down_e,
                         down[e * hidden * w..(e + 1) * hidden * w].to_vec(),
                         hidden,
                         w,
