@@ -530,3 +530,40 @@ def test_mlx_8bit_follows_the_reference(case, tmp_path):
     corr = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
     print(f"\n{case} MLX 8-bit: argmax {argmax:.1%}, corr {corr:.5f}")
     assert argmax >= 0.9 and corr > 0.999
+
+
+def test_runtime_reads_our_mlx_checkpoint(converted, tmp_path):
+    """`eval --model MLX_DIR` dequantizes the stacked 4-bit experts (`[E, out, words]`)
+    and runs gpt-oss: its perplexity equals the one mlx-lm's logits give on the same
+    chunks (tokenized by llama.cpp from our GGUF of the same checkpoint, llama-perplexity's
+    procedure)."""
+    import mlx.core as mx
+    from mlx_lm import load
+    from test_eval import EVAL_SMALL, our_eval
+    case, ctx, chunks = "gpt_oss", 128, 4
+    out = quantize_mlx(case, tmp_path / "out", "--mlx-bits", 4, "--mlx-group-size", 32, "--mlx-uniform")
+    llm = llama_cpp.Llama(model_path=str(converted(case)["F16"]), vocab_only=True, verbose=False)
+    try:
+        add_bos = llm._model.add_bos_token()
+        ids = llm.tokenize(EVAL_SMALL.read_bytes(), add_bos=add_bos, special=False)
+        bos = llm.token_bos()
+    finally:
+        llm.close()
+    model, _ = load(str(out))
+    nll = []
+    for c in range(min(chunks, len(ids) // ctx)):
+        chunk = list(ids[c * ctx:(c + 1) * ctx])
+        if add_bos:
+            chunk[0] = bos
+        logits = np.array(model(mx.array([chunk])).astype(mx.float32))[0].astype(np.float64)
+        first = ctx // 2
+        lg = logits[first:ctx - 1]
+        m = lg.max(1, keepdims=True)
+        lse = np.log(np.exp(lg - m).sum(1)) + m[:, 0]
+        nll.extend(lse - lg[np.arange(len(lg)), chunk[first + 1:ctx]])
+    theirs = float(np.exp(np.mean(nll)))
+    ours = our_eval(out, ctx=ctx, chunks=chunks)
+    assert ours["scored_tokens"] == len(nll)
+    rel = abs(ours["perplexity"]["ppl"] / theirs - 1)
+    print(f"\nMLX 4-bit PPL: ours {ours['perplexity']['ppl']:.1f}, mlx-lm {theirs:.1f} ({rel:.4%})")
+    assert rel < 0.01
