@@ -15,6 +15,7 @@ use serde::Serialize;
 use pajamas_arch::{detect, ArchitectureInfo};
 use pajamas_convert::deepseek::{self, DeepseekLayout};
 use pajamas_convert::from_gguf::config_from_gguf;
+use pajamas_convert::gpt_oss;
 use pajamas_convert::hybrid::{self, HybridLayout, HybridMap};
 use pajamas_convert::metadata::{llama3_rope_factors, model_metadata, tokenizer_metadata};
 use pajamas_convert::{
@@ -72,6 +73,8 @@ enum Tx {
     Plain(Transform),
     /// The hybrid Mamba-2 families' (`pajamas_convert::hybrid`).
     Hybrid(hybrid::Op),
+    /// gpt-oss's (`pajamas_convert::gpt_oss`); MXFP4 experts are copied natively.
+    GptOss(gpt_oss::Op),
 }
 
 /// The result of a run: plans (always) and written files (unless dry-run).
@@ -124,6 +127,31 @@ fn source_tensors(model: &HfModel, arch: &ArchitectureInfo) -> Result<Vec<Source
         let name = &t.info.name;
         if arch.tie_word_embeddings && name == "lm_head.weight" {
             continue; // stored twice by some checkpoints; GGUF keeps the embedding only
+        }
+        if gpt_oss::is_gpt_oss(&arch.model_type) {
+            let shape_of = |n: &str| model.tensor(n).map(|i| i.shape.clone());
+            let pieces = gpt_oss::map(name, &t.info.shape, &shape_of)
+                .map_err(|e| anyhow!("{}: {e}", t.shard.display()))?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: tensor '{name}' has no GGUF name for model_type 'gpt_oss'",
+                        t.shard.display()
+                    )
+                })?;
+            let share = t.info.nbytes() / pieces.len().max(1) as u64;
+            for p in pieces {
+                if !p.op.is_mxfp4() {
+                    check_float(model, &t)?;
+                }
+                out.push(SourceTensor {
+                    parts: p.parts,
+                    gguf: p.gguf,
+                    ne: p.ne,
+                    transform: Tx::GptOss(p.op),
+                    bytes: share,
+                });
+            }
+            continue;
         }
         let family = match (&deepseek, layout.as_ref()) {
             (Some(d), _) => Some(deepseek::map_deepseek(name, &t.info.shape, d)),
@@ -280,6 +308,10 @@ impl Source {
                         pajamas_convert::names::apply(tr, raw, rows as usize, t.ne[0] as usize)
                     }
                     Tx::Hybrid(op) => hybrid::apply(op, raw, &t.ne),
+                    Tx::GptOss(op) => {
+                        let shape = &model.tensor(hf).expect("listed").shape;
+                        gpt_oss::apply(op, raw, shape)
+                    }
                 })
             }
             (Source::Hf(model), experts) => {
@@ -373,6 +405,10 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             let tensors = source_tensors(&model, &arch)?;
             let name = model_name(&opts.model, &dir);
             let mut meta = model_metadata(arch_name, &arch, model.config(), &name);
+            if gpt_oss::is_gpt_oss(&arch.model_type) {
+                gpt_oss::metadata(&mut meta, arch_name, model.config(), arch.num_layers)
+                    .map_err(|e| anyhow!("{}: {e}", dir.join("config.json").display()))?;
+            }
             // The budget's header estimate needs the vocabulary even in a dry run.
             if !opts.dry_run || opts.budget.is_some() {
                 let vocab = read_vocab(
@@ -475,6 +511,11 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    for t in tensors.iter().filter(|t| is_native_mxfp4(t)) {
+        for plan in plans.iter_mut() {
+            pajamas_plan::keep_source_type(plan, &t.gguf, GgmlType::MXFP4, &opts.overrides);
+        }
+    }
     meta.retain(|(k, _)| k != "general.name");
     meta.insert(1, ("general.name".into(), Value::String(name.clone())));
     if let Some(spec) = opts.budget {
@@ -641,10 +682,37 @@ pub fn quantize_gguf(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             }
             Ok(())
         };
-        let data = source.read(t, rope_freqs.as_ref(), &mut cache, &mut to_mlx)?;
+        // gpt-oss MXFP4 experts: the checkpoint's blocks, repacked; f32 for other types.
+        let native = match (&source, t.transform) {
+            (Source::Hf(model), Tx::GptOss(op)) if op.is_mxfp4() => {
+                if matches!(op, gpt_oss::Op::Mxfp4 { offset: 0, .. }) {
+                    // The MLX writer gets the whole checkpoint tensor decoded, once.
+                    let all = gpt_oss::Op::Mxfp4 {
+                        offset: 0,
+                        stride: 1,
+                    };
+                    let bytes = read_native_mxfp4(model, t, all)?;
+                    let values =
+                        pajamas_quant::dequantize_rows(GgmlType::MXFP4, &bytes, t.ne[0] as usize)
+                            .map_err(|e| anyhow!("tensor '{}': {e}", t.parts[0]))?;
+                    to_mlx(&t.parts[0], &values)?;
+                }
+                Some(read_native_mxfp4(model, t, op)?)
+            }
+            _ => None,
+        };
+        let data = match &native {
+            Some(bytes) => pajamas_quant::dequantize_rows(GgmlType::MXFP4, bytes, t.ne[0] as usize)
+                .map_err(|e| anyhow!("tensor '{}': {e}", t.gguf))?,
+            None => source.read(t, rope_freqs.as_ref(), &mut cache, &mut to_mlx)?,
+        };
         let importance = imatrix.as_ref().and_then(|im| im.importance(&t.gguf));
         for (w, plan) in writers.iter_mut().zip(&plans) {
             let planned = plan.get(&t.gguf).expect("planned");
+            if let (Some(bytes), GgmlType::MXFP4) = (&native, planned.ty) {
+                w.write_tensor(&t.gguf, bytes)?;
+                continue;
+            }
             let bytes = encode(planned.ty, &data, t.ne[0] as usize, importance.as_deref())
                 .with_context(|| format!("quantizing '{}' to {}", t.gguf, planned.ty))?;
             w.write_tensor(&t.gguf, &bytes)?;
@@ -716,6 +784,27 @@ fn file_metadata(
     m
 }
 
+/// Whether `t` is an MXFP4 tensor of the checkpoint, copied without requantization.
+fn is_native_mxfp4(t: &SourceTensor) -> bool {
+    matches!(t.transform, Tx::GptOss(op) if op.is_mxfp4())
+}
+
+/// The ggml MXFP4 bytes of a gpt-oss `*_blocks` / `*_scales` pair.
+fn read_native_mxfp4(model: &HfModel, t: &SourceTensor, op: gpt_oss::Op) -> Result<Vec<u8>> {
+    let [blocks, scales] = t.parts.as_slice() else {
+        bail!("'{}': MXFP4 needs a blocks and a scales tensor", t.gguf);
+    };
+    let shape = &model.tensor(blocks).expect("listed").shape;
+    let b = model.read_bytes(blocks)?;
+    let s = model.read_bytes(scales)?;
+    gpt_oss::mxfp4(op, &b, &s, shape).map_err(|e| {
+        anyhow!(
+            "{}: tensors '{blocks}' / '{scales}': {e}",
+            model.dir().display()
+        )
+    })
+}
+
 /// `SmolLM2-Q4_K_M` -> `SmolLM2`: the name of a requantized file without its old type.
 fn strip_precision_suffix(stem: &str) -> String {
     for f in pajamas_plan::ALL_FTYPES {
@@ -784,7 +873,8 @@ fn load_imatrix(path: &Path, tensors: &[SourceTensor]) -> Result<pajamas_imatrix
     let im = pajamas_imatrix::Imatrix::read(path)?;
     let matrices: Vec<(&str, usize, usize)> = tensors
         .iter()
-        .filter(|t| t.ne.len() >= 2)
+        // Weights only: gpt-oss's stacked expert biases are 2-D too.
+        .filter(|t| t.ne.len() >= 2 && t.gguf.ends_with(".weight"))
         .map(|t| {
             (
                 t.gguf.as_str(),

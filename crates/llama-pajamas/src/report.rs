@@ -144,7 +144,12 @@ pub fn render(r: &DetectReport, list_tensors: bool) -> String {
         );
     }
     if let Some(q) = &a.source_quantization {
-        let _ = writeln!(o, "Checkpoint precision: {q} (dequantized on read)");
+        let how = if q == "mxfp4" && a.model_type == "gpt_oss" {
+            "experts copied into GGUF as MXFP4, decoded for other types"
+        } else {
+            "dequantized on read"
+        };
+        let _ = writeln!(o, "Checkpoint precision: {q} ({how})");
     }
     for w in &a.warnings {
         let _ = writeln!(o, "warning: {w}");

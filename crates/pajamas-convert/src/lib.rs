@@ -3,6 +3,7 @@
 
 pub mod deepseek;
 pub mod from_gguf;
+pub mod gpt_oss;
 pub mod hybrid;
 pub mod metadata;
 pub mod names;

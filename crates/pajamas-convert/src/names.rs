@@ -32,6 +32,7 @@ pub fn gguf_arch(model_type: &str) -> Option<&'static str> {
         "granitemoehybrid" => "granitehybrid",
         "nemotron_h" => "nemotron_h",
         "deepseek_v2" | "deepseek_v3" => "deepseek2",
+        "gpt_oss" => "gpt-oss",
         _ => return None,
     })
 }
@@ -60,6 +61,7 @@ pub const CONVERTIBLE: &[&str] = &[
     "nemotron_h",
     "deepseek_v2",
     "deepseek_v3",
+    "gpt_oss",
 ];
 
 /// Maps one HF tensor name. `None` for tensors that GGUF does not store (e.g. rotary
@@ -176,6 +178,7 @@ pub fn sort_key(gguf_name: &str) -> (u64, u64, u64) {
         "attn_k_b",
         "attn_v_b",
         "attn_output",
+        "attn_sinks",
         "post_attention_norm",
         "ffn_norm",
         "ffn_gate",

@@ -39,6 +39,7 @@ use std::path::PathBuf;
 
 pub mod affine;
 pub mod deepseek;
+pub mod gpt_oss;
 pub mod names;
 pub mod nemotron_h;
 pub mod plan;

@@ -55,6 +55,9 @@ pub enum MlxFamily {
     DeepseekV3,
     /// `mlx_lm.models.deepseek_v2`: as DeepSeek-V3, but `kv_b_proj` stays one Linear.
     DeepseekV2,
+    /// `mlx_lm.models.gpt_oss`: biased `SwitchGLU` experts written de-interleaved (see
+    /// `crate::gpt_oss`), attention sinks.
+    GptOss,
     /// `mlx_lm.models.nemotron_h`: `backbone.*` names, experts stacked into
     /// `switch_mlp.fc1` / `fc2` (see [`crate::nemotron_h`]).
     NemotronH,
@@ -74,6 +77,7 @@ pub const MLX_MODEL_TYPES: &[&str] = &[
     "granitemoehybrid",
     "deepseek_v3",
     "deepseek_v2",
+    "gpt_oss",
     "nemotron_h",
 ];
 
@@ -107,6 +111,7 @@ impl MlxFamily {
             "granitemoehybrid" => MlxFamily::GraniteMoeHybrid,
             "deepseek_v3" => MlxFamily::DeepseekV3,
             "deepseek_v2" => MlxFamily::DeepseekV2,
+            "gpt_oss" => MlxFamily::GptOss,
             "nemotron_h" => MlxFamily::NemotronH,
             other => return Err(MlxError::UnsupportedModelType(other.to_string())),
         })
@@ -126,6 +131,7 @@ impl MlxFamily {
             MlxFamily::GraniteMoeHybrid | MlxFamily::GraniteMoeHybridDense => "granitemoehybrid",
             MlxFamily::DeepseekV3 => "deepseek_v3",
             MlxFamily::DeepseekV2 => "deepseek_v2",
+            MlxFamily::GptOss => "gpt_oss",
             MlxFamily::NemotronH => "nemotron_h",
         }
     }
@@ -184,6 +190,10 @@ pub enum Mapped {
     /// parameters: rows `[0, n)` of every stacked matrix under `first`, rows `[n, 2n)`
     /// under `second`.
     Split { first: String, second: String },
+    /// Rows (weights) or columns (biases) `k, k + n, ...` of the source under `names[k]`
+    /// (`n = names.len()`), every stacked matrix transposed first when `transpose`
+    /// (gpt-oss's interleaved `gate_up_proj`, see `crate::gpt_oss`).
+    Strided { names: Vec<String>, transpose: bool },
     /// Not written, for this reason.
     Drop(&'static str),
 }
@@ -246,6 +256,11 @@ const LAYER_LEAVES: &[(&str, ModuleKind)] = &[
     ("mlp.shared_experts.gate_proj", ModuleKind::Linear),
     ("mlp.shared_experts.up_proj", ModuleKind::Linear),
     ("mlp.shared_experts.down_proj", ModuleKind::Linear),
+    // gpt-oss: biased router and SwitchGLU experts.
+    ("mlp.router", ModuleKind::Linear),
+    ("mlp.experts.gate_proj", ModuleKind::Linear),
+    ("mlp.experts.up_proj", ModuleKind::Linear),
+    ("mlp.experts.down_proj", ModuleKind::Linear),
     ("input_layernorm", ModuleKind::Norm),
     ("post_attention_layernorm", ModuleKind::Norm),
     ("pre_feedforward_layernorm", ModuleKind::Norm),
@@ -301,6 +316,11 @@ pub fn map_name(hf: &str, family: MlxFamily, tied: bool) -> Result<Mapped, MlxEr
     }
     if family.is_deepseek() {
         if let Some(m) = crate::deepseek::map_name(&text, family == MlxFamily::DeepseekV3) {
+            return Ok(m);
+        }
+    }
+    if family == MlxFamily::GptOss {
+        if let Some(m) = crate::gpt_oss::map_expert(&text) {
             return Ok(m);
         }
     }
@@ -402,6 +422,10 @@ pub fn module_kind(mlx_name: &str) -> Option<ModuleKind> {
     if module == "mamba" && matches!(part, "A_log" | "D" | "dt_bias") {
         return Some(ModuleKind::Other);
     }
+    // gpt-oss's attention sinks, a bare parameter.
+    if module == "self_attn" && part == "sinks" {
+        return Some(ModuleKind::Other);
+    }
     let kind = LAYER_LEAVES
         .iter()
         .find(|(l, _)| *l == module)
@@ -459,6 +483,7 @@ mod tests {
             Mapped::Drop(why) => panic!("{hf} dropped: {why}"),
             Mapped::Expert { name, expert } => panic!("{hf} is expert {expert} of {name}"),
             Mapped::Split { first, second } => panic!("{hf} is split into {first}, {second}"),
+            Mapped::Strided { names, .. } => panic!("{hf} is strided into {names:?}"),
         }
     }
 

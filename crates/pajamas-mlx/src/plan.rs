@@ -203,6 +203,9 @@ pub struct PlannedTensor {
     /// DeepSeek's `embed_q` / `unembed_out`, cut out of `kv_b_proj`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kv_b: Option<crate::deepseek::KvBPart>,
+    /// Strided rows or columns of the source (`Mapped::Strided`, gpt-oss's experts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strided: Option<crate::gpt_oss::Strided>,
 }
 
 impl PlannedTensor {
@@ -354,7 +357,12 @@ pub fn plan_mlx(
     // Stacked expert parameters: name -> (index in `planned`, [(expert, source, shape)]).
     let mut stacks: HashMap<String, Stack> = HashMap::new();
     for t in tensors {
-        let mut shape = t.shape.clone();
+        // gpt-oss's MXFP4 `*_blocks` arrive decoded, `[E, rows, in]` f32.
+        let decoded = (family == MlxFamily::GptOss)
+            .then(|| crate::gpt_oss::decoded_shape(&t.name, &t.shape))
+            .flatten();
+        let source_shape = decoded.clone().unwrap_or_else(|| t.shape.clone());
+        let mut shape = source_shape.clone();
         let mut halves: Vec<(String, Option<u8>)> = Vec::new();
         let mut kv_b = None;
         if family.is_deepseek() && crate::deepseek::is_mtp(&t.name, arch.num_layers) {
@@ -365,6 +373,7 @@ pub fn plan_mlx(
             });
             continue;
         }
+        let mut strides: Vec<crate::gpt_oss::Strided> = Vec::new();
         let name = match map_name(&t.name, family, tied)? {
             Mapped::Split { first, second } if family == MlxFamily::DeepseekV3 => {
                 kv_b = Some(crate::deepseek::kv_b_parts(&t.name, &shape, config)?);
@@ -373,6 +382,24 @@ pub fn plan_mlx(
                 halves[0].0.clone()
             }
             Mapped::Keep(n) => n,
+            Mapped::Strided { names, transpose } => {
+                let stride = names.len() as u8;
+                for (k, n) in names.into_iter().enumerate() {
+                    let s = crate::gpt_oss::Strided {
+                        offset: k as u8,
+                        stride,
+                        transpose,
+                    };
+                    shape = crate::gpt_oss::shape(&source_shape, s, n.ends_with(".bias"))
+                        .ok_or_else(|| MlxError::UnknownTensor {
+                            name: t.name.clone(),
+                            family: family.mlx_lm_module(),
+                        })?;
+                    strides.push(s);
+                    halves.push((n, None));
+                }
+                halves[0].0.clone()
+            }
             Mapped::Split { first, second } => {
                 // Two parameters of half the rows each.
                 let k = shape.len().saturating_sub(2);
@@ -409,7 +436,9 @@ pub fn plan_mlx(
                 continue;
             }
         };
-        if !(t.dtype.is_float_readable() || t.dtype == pajamas_model::Dtype::F8E4M3) {
+        if !(t.dtype.is_float_readable() || t.dtype == pajamas_model::Dtype::F8E4M3)
+            && decoded.is_none()
+        {
             return Err(MlxError::NotFloat {
                 name: t.name.clone(),
                 dtype: t.dtype.name().to_string(),
@@ -437,7 +466,7 @@ pub fn plan_mlx(
         if halves.is_empty() {
             halves.push((name, None));
         }
-        for (name, half) in halves {
+        for (j, (name, half)) in halves.into_iter().enumerate() {
             let kind =
                 names::module_kind_in(family, &name).expect("map_name keeps known names only");
             let part = kv_b.map(|parts| parts[half.unwrap_or(0) as usize]);
@@ -457,6 +486,7 @@ pub fn plan_mlx(
                 parts: Vec::new(),
                 half: if part.is_some() { None } else { half },
                 kv_b: part,
+                strided: strides.get(j).copied(),
             });
             let p = planned.last_mut().expect("just pushed");
             if kind == ModuleKind::Other {
@@ -557,6 +587,7 @@ pub fn plan_mlx(
 /// (qwen3_moe's `mlp.gate`, granitemoehybrid's `block_sparse_moe.router.layer`).
 fn is_class_router(family: MlxFamily, module: &str) -> bool {
     (family == MlxFamily::Qwen3Moe && module.ends_with("mlp.gate"))
+        || (family == MlxFamily::GptOss && module.ends_with("mlp.router"))
         || (family == MlxFamily::GraniteMoeHybrid && module.ends_with("router.layer"))
 }
 
@@ -666,7 +697,7 @@ fn apply_aware(
                     "shared expert gate: scales the shared expert's output for every token".into(),
                 ),
             ),
-            (ModuleKind::Linear, "gate") | (ModuleKind::Linear, "layer") => (
+            (ModuleKind::Linear, "gate" | "layer" | "router") => (
                 0,
                 c(
                     8,
@@ -886,7 +917,9 @@ impl MlxPlan {
             Some(k) => (data, k.source_len() as u64),
             None => (
                 data,
-                p.elements() / p.parts.len().max(1) as u64 * if p.half.is_some() { 2 } else { 1 },
+                p.elements() / p.parts.len().max(1) as u64
+                    * if p.half.is_some() { 2 } else { 1 }
+                    * p.strided.map_or(1, |s| s.stride as u64),
             ),
         };
         if data.len() as u64 != per_part {
@@ -896,6 +929,16 @@ impl MlxPlan {
                 got: data.len(),
             });
         }
+        let strided;
+        let data = match p.strided {
+            None => data,
+            Some(s) => {
+                let bias = p.name.ends_with(".bias");
+                let shape = crate::gpt_oss::source_shape(&p.shape, s, bias);
+                strided = crate::gpt_oss::apply(data, &shape, s, bias);
+                &strided[..]
+            }
+        };
         let halved;
         let data = match p.half {
             None => data,
@@ -1000,6 +1043,9 @@ impl MlxPlan {
         // mlx-lm's qwen3_moe requires the transformers 4 spellings that transformers 5
         // renamed: `num_experts` (now `num_local_experts`) and `rope_theta` (now inside
         // `rope_parameters`).
+        if self.family == MlxFamily::GptOss {
+            crate::gpt_oss::fix_config(&mut c);
+        }
         if self.family == MlxFamily::Qwen3Moe {
             if !c.contains_key("num_experts") {
                 if let Some(n) = c.get("num_local_experts").cloned() {

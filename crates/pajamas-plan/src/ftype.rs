@@ -37,6 +37,8 @@ pub enum Ftype {
     IQ4_XS = 30,
     IQ1_M = 31,
     BF16 = 32,
+    /// llama.cpp's `MXFP4_MOE`: expert tensors in MXFP4, every other matrix Q8_0.
+    MXFP4_MOE = 38,
 }
 
 use Ftype::*;
@@ -44,7 +46,7 @@ use Ftype::*;
 pub const ALL_FTYPES: &[Ftype] = &[
     F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M,
     Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, IQ3_M, IQ3_S, IQ3_XS, IQ3_XXS, IQ2_M, IQ2_S, IQ2_XS,
-    IQ2_XXS, IQ1_M, IQ1_S,
+    IQ2_XXS, IQ1_M, IQ1_S, MXFP4_MOE,
 ];
 
 /// The i-quant file types (issue 7): importance-matrix driven, 1.5 to 4.5 bits per weight.
@@ -88,6 +90,7 @@ impl Ftype {
             IQ2_M => "IQ2_M",
             IQ4_XS => "IQ4_XS",
             IQ1_M => "IQ1_M",
+            MXFP4_MOE => "MXFP4_MOE",
         }
     }
 
@@ -124,6 +127,7 @@ impl Ftype {
             IQ1_M => GgmlType::IQ1_M,
             IQ4_NL => GgmlType::IQ4_NL,
             IQ4_XS => GgmlType::IQ4_XS,
+            MXFP4_MOE => GgmlType::MXFP4,
         }
     }
 

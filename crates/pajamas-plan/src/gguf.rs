@@ -320,6 +320,36 @@ pub fn plan_gguf(
     })
 }
 
+/// A tensor the checkpoint already stores quantized in a GGUF type (gpt-oss's MXFP4
+/// experts): its bytes can be copied as they are. It keeps that type unless the plan
+/// asks for a smaller one or `--tensor-type` names it: any other type would requantize
+/// the already rounded values, adding error without saving space.
+pub fn keep_source_type(plan: &mut GgufPlan, name: &str, source: GgmlType, overrides: &Overrides) {
+    if overrides
+        .tensor_types
+        .iter()
+        .any(|(re, _)| re.is_match(name))
+    {
+        return;
+    }
+    let Some(t) = plan.tensors.iter_mut().find(|t| t.name == name) else {
+        return;
+    };
+    let planned = t.ty;
+    if planned == source
+        || (planned.is_quantized() && planned.bits_per_weight() < source.bits_per_weight())
+        || !(t.ne[0] as usize).is_multiple_of(source.block_size())
+    {
+        return;
+    }
+    let rows: u64 = t.ne.iter().skip(1).product();
+    t.ty = source;
+    t.bytes = source.row_bytes(t.ne[0] as usize) as u64 * rows;
+    t.reason = format!(
+        "stored {source} in the checkpoint: copied as is (the plan's {planned} would requantize it without saving space)"
+    );
+}
+
 /// llama.cpp's fallback when a row is not a multiple of the type's block size.
 fn fallback(
     name: &str,
@@ -337,7 +367,7 @@ fn fallback(
         Q2_K | Q3_K | TQ1_0 | TQ2_0 => Q4_0,
         Q4_K => Q5_0,
         Q5_K => Q5_1,
-        Q6_K => Q8_0,
+        Q6_K | MXFP4 => Q8_0,
         _ => {
             return Err(PlanError::NoFallback {
                 tensor: name.into(),
@@ -398,6 +428,20 @@ fn stock_type(
     } else {
         G::Q2_K
     };
+    if ftype == F::MXFP4_MOE {
+        // llama.cpp: stacked expert tensors MXFP4, everything else (output included) Q8_0.
+        return if t.ne.get(2).is_some_and(|&e| e > 1) {
+            (
+                G::MXFP4,
+                "expert tensor of an MXFP4_MOE file -> MXFP4".into(),
+            )
+        } else {
+            (
+                G::Q8_0,
+                "not an expert tensor: MXFP4_MOE keeps it Q8_0".into(),
+            )
+        };
+    }
     if cat == Category::Output || (has_tied && cat == Category::TokenEmbd) {
         let what = if cat == Category::Output {
             "output"
@@ -1036,5 +1080,60 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ty(&p, "blk.0.attn_q.weight"), GgmlType::BF16);
+    }
+
+    #[test]
+    fn source_types_are_kept_unless_smaller() {
+        let (arch, mut t) = llama(2, 256, 2, 512, false);
+        t.push(PlanInput {
+            name: "blk.0.ffn_down_exps.weight".into(),
+            ne: vec![512, 256, 4],
+        });
+        let name = "blk.0.ffn_down_exps.weight";
+        for (ftype, expect) in [
+            (Ftype::F16, GgmlType::MXFP4),
+            (Ftype::Q8_0, GgmlType::MXFP4),
+            (Ftype::Q4_K_M, GgmlType::MXFP4),
+            (Ftype::IQ3_S, GgmlType::IQ3_S),
+        ] {
+            let o = Overrides::default();
+            let mut p = plan_gguf(&t, &arch, ftype, Rules::LlamaCpp, &o, false).unwrap();
+            keep_source_type(&mut p, name, GgmlType::MXFP4, &o);
+            let kept = p.get(name).unwrap();
+            assert_eq!(kept.ty, expect, "{ftype}");
+            assert_eq!(kept.bytes, kept.ty.row_bytes(512) as u64 * 256 * 4);
+        }
+        let o = Overrides {
+            tensor_types: vec![(regex::Regex::new("ffn_down_exps").unwrap(), GgmlType::Q8_0)],
+            ..Default::default()
+        };
+        let mut p = plan_gguf(&t, &arch, Ftype::Q4_K_M, Rules::LlamaCpp, &o, false).unwrap();
+        keep_source_type(&mut p, name, GgmlType::MXFP4, &o);
+        assert_eq!(ty(&p, name), GgmlType::Q8_0);
+    }
+
+    #[test]
+    fn mxfp4_moe_files() {
+        let (arch, mut t) = llama(2, 256, 2, 512, false);
+        t.push(PlanInput {
+            name: "blk.0.ffn_down_exps.weight".into(),
+            ne: vec![512, 256, 4],
+        });
+        let p = plan_gguf(
+            &t,
+            &arch,
+            Ftype::MXFP4_MOE,
+            Rules::LlamaCpp,
+            &Overrides::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(ty(&p, "blk.0.ffn_down_exps.weight"), GgmlType::MXFP4);
+        assert_eq!(ty(&p, "blk.0.attn_q.weight"), GgmlType::Q8_0);
+        assert_eq!(ty(&p, "output.weight"), GgmlType::Q8_0);
+        assert_eq!(ty(&p, "token_embd.weight"), GgmlType::Q8_0);
+        assert_eq!(ty(&p, "blk.0.ffn_norm.weight"), GgmlType::F32);
+        assert_eq!(Ftype::from_name("mxfp4_moe"), Some(Ftype::MXFP4_MOE));
+        assert_eq!(Ftype::MXFP4_MOE.id(), 38);
     }
 }

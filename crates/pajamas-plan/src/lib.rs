@@ -7,6 +7,6 @@ pub mod gguf;
 
 pub use ftype::{Ftype, ALL_FTYPES, IQ_FTYPES};
 pub use gguf::{
-    plan_gguf, tensor_requires_imatrix, GgufPlan, Overrides, PlanError, PlanInput, PlannedTensor,
-    Rules,
+    keep_source_type, plan_gguf, tensor_requires_imatrix, GgufPlan, Overrides, PlanError,
+    PlanInput, PlannedTensor, Rules,
 };

@@ -10,6 +10,8 @@
 //! * [`iquants`]: IQ4_NL, IQ4_XS (a non-linear 16-value table);
 //! * [`iqlattice`]: IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M (points of fixed
 //!   lattice grids with signs and sub-block scales, [`iq_grids`]);
+//! * [`mxfp4`]: MXFP4 (FP4 E2M1 codes with a power-of-two scale per 32 values), and the
+//!   repacking of HF checkpoints' MXFP4 tensors;
 //! * [`search`]: the weighted scale search they share.
 //!
 //! Every quantized type minimises `Σ importance[col]·(x − x̂)²` over its blocks (uniform
@@ -24,6 +26,7 @@ mod iqlattice;
 mod iquants;
 mod kquants;
 mod legacy;
+pub mod mxfp4;
 mod objective;
 mod search;
 pub mod types;
@@ -167,6 +170,7 @@ fn block_kernels(ty: GgmlType) -> Option<(BlockQuantizer, BlockDequantizer)> {
         IQ2_S => (iqlattice::quantize_iq2_s, iqlattice::dequantize_iq2_s),
         IQ1_S => (iqlattice::quantize_iq1_s, iqlattice::dequantize_iq1_s),
         IQ1_M => (iqlattice::quantize_iq1_m, iqlattice::dequantize_iq1_m),
+        MXFP4 => (mxfp4::quantize_mxfp4, mxfp4::dequantize_mxfp4),
         _ => return None,
     })
 }

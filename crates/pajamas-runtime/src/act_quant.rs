@@ -27,7 +27,7 @@ impl ActQuant {
         Some(match w {
             F16 => ActQuant::F16,
             BF16 => ActQuant::BF16,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL => ActQuant::Q8_0,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL | MXFP4 => ActQuant::Q8_0,
             Q2_K | Q3_K | Q4_K | Q5_K | Q6_K => ActQuant::Q8K,
             IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M | IQ4_XS => ActQuant::Q8K,
             _ => return None,

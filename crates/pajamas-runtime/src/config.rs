@@ -29,6 +29,9 @@ pub enum Family {
     /// DeepSeek-V2/V3: multi-head latent attention, grouped routing, shared experts,
     /// leading dense layers (see [`crate::deepseek`]).
     Deepseek,
+    /// OpenAI gpt-oss: attention sinks, biases, sliding and full layers, YaRN, clamped
+    /// SwiGLU experts with biases (see `crate::gpt_oss`).
+    GptOss,
 }
 
 impl Family {
@@ -41,6 +44,7 @@ impl Family {
             "granitemoehybrid" => Family::GraniteHybrid,
             "nemotron_h" => Family::NemotronH,
             "deepseek_v2" | "deepseek_v3" => Family::Deepseek,
+            "gpt_oss" => Family::GptOss,
             _ => return None,
         })
     }
@@ -55,6 +59,8 @@ pub struct Rope {
     pub freq_factors: Option<Vec<f32>>,
     /// Linear position scaling: angles are divided by this (1.0 = none).
     pub linear_factor: f64,
+    /// YaRN scaling (gpt-oss).
+    pub yarn: Option<crate::gpt_oss::Yarn>,
 }
 
 impl Rope {
@@ -63,6 +69,7 @@ impl Rope {
             theta,
             freq_factors: None,
             linear_factor: 1.0,
+            yarn: None,
         }
     }
 }
@@ -305,7 +312,7 @@ pub struct ModelConfig {
 }
 
 const SUPPORTED: &str =
-    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3, granitemoehybrid, nemotron_h, deepseek_v2, deepseek_v3";
+    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma3, granitemoehybrid, nemotron_h, deepseek_v2, deepseek_v3, gpt_oss";
 
 /// The MoE block of an HF config, `None` for dense models.
 fn hf_moe(cfg: &Value, model_type: &str) -> Result<Option<MoeConfig>> {
@@ -484,8 +491,22 @@ impl ModelConfig {
         check_heads(n_heads, n_kv_heads, head_dim)?;
         let n_layers = need_usize(cfg, "num_hidden_layers")?;
         let gemma = family == Family::Gemma3;
-        let rope = hf_rope(cfg, head_dim)?;
+        let gpt_oss = match family {
+            Family::GptOss => Some(crate::gpt_oss::hf_params(cfg, n_layers)?),
+            _ => None,
+        };
+        let rope = match &gpt_oss {
+            Some(g) => crate::gpt_oss::rope(
+                pajamas_convert::metadata::rope_theta(cfg).unwrap_or(10000.0),
+                g.yarn.clone(),
+            ),
+            None => hf_rope(cfg, head_dim)?,
+        };
         let (sliding_window, layer_sliding, rope_local) = match family {
+            Family::GptOss => {
+                let g = gpt_oss.as_ref().expect("parsed above");
+                (Some(g.sliding_window), g.layer_sliding.clone(), None)
+            }
             Family::Gemma3 => (
                 get_usize(cfg, "sliding_window")?,
                 gemma_layer_sliding(cfg, n_layers)?,
@@ -561,6 +582,7 @@ impl ModelConfig {
             moe: match family {
                 Family::GraniteHybrid => hf_granite_moe(cfg)?,
                 Family::NemotronH => nemotron.and_then(|(_, m)| m),
+                Family::GptOss => gpt_oss.map(|g| g.moe),
                 _ => hf_moe(cfg, &model_type)?,
             },
             hybrid,
@@ -589,9 +611,10 @@ impl ModelConfig {
             "granitehybrid" => (Family::GraniteHybrid, "granitemoehybrid"),
             "nemotron_h" | "nemotron_h_moe" => (Family::NemotronH, "nemotron_h"),
             "deepseek2" => return crate::deepseek::gguf_config(f),
+            "gpt-oss" => (Family::GptOss, "gpt_oss"),
             other => {
                 return Err(err(format!(
-                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3, granitehybrid, nemotron_h, nemotron_h_moe, deepseek2)"
+                    "architecture {other:?} is not supported by the runtime (supported: llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma3, granitehybrid, nemotron_h, nemotron_h_moe, deepseek2, gpt-oss)"
                 )))
             }
         };
@@ -660,7 +683,17 @@ impl ModelConfig {
                 sigmoid_scale: None,
             }),
         };
-        let (sliding_window, layer_sliding, rope_local) = if gemma {
+        let gpt_oss = match family {
+            Family::GptOss => Some(crate::gpt_oss::gguf_params(f, n_layers)?),
+            _ => None,
+        };
+        if let Some(g) = &gpt_oss {
+            rope = crate::gpt_oss::rope(rope.theta, g.yarn.clone());
+            moe = Some(g.moe.clone());
+        }
+        let (sliding_window, layer_sliding, rope_local) = if let Some(g) = gpt_oss {
+            (Some(g.sliding_window), g.layer_sliding, None)
+        } else if gemma {
             let pattern: Vec<bool> = match f.get(&key("attention.sliding_window_pattern")) {
                 Some(pajamas_gguf::Value::Array(pajamas_gguf::Array::Bool(b))) => b.clone(),
                 // llama.cpp's default for Gemma 3: five local layers, then a global one.

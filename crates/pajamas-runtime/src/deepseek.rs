@@ -227,6 +227,8 @@ fn finish(
             theta,
             freq_factors: None,
             linear_factor: 1.0,
+            // MLA applies its own YaRN table (see `Mla`).
+            yarn: None,
         },
         rope_local: None,
         tie_word_embeddings,
@@ -761,6 +763,7 @@ pub fn load_model(src: &dyn WeightSource, c: ModelConfig) -> Result<Model> {
             q_norm: None,
             k_norm: None,
             attn_post_norm: None,
+            sinks: None,
             ffn_norm: read_checked(src, &format!("{p}post_attention_layernorm.weight"), &[h])?,
             ffn,
             ffn_post_norm: None,

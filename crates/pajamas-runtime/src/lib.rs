@@ -20,6 +20,7 @@ pub mod config;
 pub mod deepseek;
 pub mod error;
 pub mod eval;
+pub mod gpt_oss;
 pub mod hook;
 pub mod mamba;
 pub mod mlx_source;

@@ -121,7 +121,8 @@ impl MlxSource {
 
     fn dequantized(&self, name: &str, path: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let info = self.model.tensor(name).expect("caller checked");
-        if info.dtype != Dtype::U32 || info.shape.len() != 2 {
+        // Matrices, and stacked expert matrices `[E, out, words]` (gpt-oss's SwitchGLU).
+        if info.dtype != Dtype::U32 || !matches!(info.shape.len(), 2 | 3) {
             return Err(self.error(
                 name,
                 format!(
@@ -131,8 +132,8 @@ impl MlxSource {
             ));
         }
         let (bits, group_size) = self.params_of(path);
-        let rows = info.shape[0] as usize;
-        let words = info.shape[1] as usize;
+        let (lead, last) = info.shape.split_at(info.shape.len() - 1);
+        let words = last[0] as usize;
         if !(words * 32).is_multiple_of(bits as usize) {
             return Err(self.error(
                 name,
@@ -168,7 +169,9 @@ impl MlxSource {
                 format!("value {i} is {} after dequantization", data[i]),
             ));
         }
-        Ok((vec![rows, n_per_row], data))
+        let mut shape: Vec<usize> = lead.iter().map(|&d| d as usize).collect();
+        shape.push(n_per_row);
+        Ok((shape, data))
     }
 }
 

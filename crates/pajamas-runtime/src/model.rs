@@ -223,6 +223,8 @@ impl Mlp {
 pub enum Ffn {
     Dense(Box<Mlp>),
     Moe(Box<MoeWeights>),
+    /// gpt-oss's experts (biased, clamped SwiGLU, softmax over the top-k logits).
+    GptOss(Box<crate::gpt_oss::GptOssMoe>),
     /// No feed-forward block (Nemotron-H's Mamba-2 and attention blocks).
     None,
 }
@@ -242,6 +244,8 @@ pub struct LayerWeights {
     pub k_norm: Option<Vec<f32>>,
     /// Norm of the attention output before the residual add (Gemma 3).
     pub attn_post_norm: Option<Vec<f32>>,
+    /// Learned attention sinks, one logit per query head (gpt-oss).
+    pub sinks: Option<Vec<f32>>,
     /// Norm before the MLP (`post_attention_layernorm`; Gemma 3:
     /// `pre_feedforward_layernorm`).
     pub ffn_norm: Vec<f32>,
@@ -365,6 +369,7 @@ impl Model {
                 q_norm: None,
                 k_norm: None,
                 attn_post_norm: None,
+                sinks: None,
                 ffn_norm: Vec::new(),
                 ffn,
                 ffn_post_norm: None,
@@ -407,6 +412,9 @@ impl Model {
         }
         if c.family == Family::Deepseek {
             return crate::deepseek::load_model(src, c);
+        }
+        if c.family == Family::GptOss {
+            return crate::gpt_oss::load_model(src, c);
         }
         let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let gemma = c.is_gemma();
@@ -489,6 +497,7 @@ impl Model {
                 q_norm: opt_norm(c.qk_norm, "self_attn.q_norm", hd)?,
                 k_norm: opt_norm(c.qk_norm, "self_attn.k_norm", hd)?,
                 attn_post_norm,
+                sinks: None,
                 ffn_norm,
                 ffn,
                 ffn_post_norm: opt_norm(gemma, "post_feedforward_layernorm", h)?,
@@ -614,6 +623,7 @@ impl Model {
                 let d = match &l.ffn {
                     Ffn::Dense(mlp) => mlp.forward(li, &a, n, hook, conv),
                     Ffn::Moe(moe) => moe.forward(li, &a, n, h, hook, conv),
+                    Ffn::GptOss(moe) => moe.forward(li, &a, n, h, hook, conv),
                     Ffn::None => unreachable!("a block with neither mixer nor FFN"),
                 };
                 ops::add_inplace(&mut x, &d);
@@ -640,7 +650,7 @@ impl Model {
                 rope.apply(&mut q, c.n_heads);
                 rope.apply(&mut k, c.n_kv_heads);
             }
-            ops::attention(&q, &k, &v, shape, &mut attn_out);
+            ops::attention_with_sinks(&q, &k, &v, shape, l.sinks.as_deref(), &mut attn_out);
             drop((q, k, v));
             let mut o = l.o_proj.apply(li, "o_proj", &attn_out, n, hook, conv);
             if let Some(w) = &l.attn_post_norm {
@@ -689,6 +699,7 @@ impl Model {
         let mut d = match &l.ffn {
             Ffn::Dense(mlp) => mlp.forward(li, a, n, hook, conv),
             Ffn::Moe(moe) => moe.forward(li, a, n, c.hidden_size, hook, conv),
+            Ffn::GptOss(moe) => moe.forward(li, a, n, c.hidden_size, hook, conv),
             Ffn::None => return,
         };
         if let Some(w) = &l.ffn_post_norm {

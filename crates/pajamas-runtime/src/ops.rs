@@ -105,6 +105,7 @@ pub fn rope_tables(n: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>
             theta,
             freq_factors: None,
             linear_factor: 1.0,
+            yarn: None,
         },
     );
     (t.cos, t.sin)
@@ -119,9 +120,29 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
+    /// YaRN (gpt-oss): blended frequencies, cos and sin scaled by the magnitude factor.
+    fn yarn(n: usize, head_dim: usize, theta: f64, y: &crate::gpt_oss::Yarn) -> RopeTable {
+        let (inv, mscale) = y.frequencies(theta, head_dim);
+        let mut cos = Vec::with_capacity(n * inv.len());
+        let mut sin = Vec::with_capacity(n * inv.len());
+        for p in 0..n {
+            for &f in &inv {
+                let a = (p as f32 * f) as f64;
+                cos.push(a.cos() as f32 * mscale);
+                sin.push(a.sin() as f32 * mscale);
+            }
+        }
+        RopeTable { head_dim, cos, sin }
+    }
+}
+
+impl RopeTable {
     /// Inverse frequencies `theta^(-2d/head_dim)` in f32, divided by the per-frequency
     /// factors (Llama 3) and the linear factor, then f32 angles `position * inv_freq`.
     pub fn new(n: usize, head_dim: usize, rope: &crate::config::Rope) -> RopeTable {
+        if let Some(y) = &rope.yarn {
+            return RopeTable::yarn(n, head_dim, rope.theta, y);
+        }
         let half = head_dim / 2;
         let inv: Vec<f32> = (0..half)
             .map(|d| {
@@ -193,6 +214,19 @@ pub struct AttentionShape {
 /// `[n x n_kv_heads*hd]` (RoPE already applied), into `out` `[n x n_heads*hd]`. Query
 /// head h reads KV head `h / (n_heads / n_kv_heads)`; scores are multiplied by `s.scale`.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape, out: &mut [f32]) {
+    attention_with_sinks(q, k, v, s, None, out)
+}
+
+/// [`attention`] with learned sinks (gpt-oss): one extra logit per query head in every
+/// softmax, whose probability mass is dropped (it attends to nothing).
+pub fn attention_with_sinks(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: AttentionShape,
+    sinks: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let hd = s.head_dim;
     let qw = s.n_heads * hd;
     let kw = s.n_kv_heads * hd;
@@ -218,14 +252,15 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape, out: &mut [
         for h in 0..s.n_heads {
             let kvh = h / group;
             let qh = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
-            let mut max = f32::NEG_INFINITY;
+            let sink = sinks.map(|x| x[h]);
+            let mut max = sink.unwrap_or(f32::NEG_INFINITY);
             for (j, sc) in (lo..=i).zip(scores.iter_mut()) {
                 let kh = &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
                 let dot: f32 = qh.iter().zip(kh).map(|(a, b)| a * b).sum();
                 *sc = dot * scale;
                 max = max.max(*sc);
             }
-            let mut total = 0.0f32;
+            let mut total = sink.map_or(0.0, |x| (x - max).exp());
             for sc in scores.iter_mut() {
                 *sc = (*sc - max).exp();
                 total += *sc;

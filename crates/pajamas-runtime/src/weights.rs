@@ -39,6 +39,11 @@ pub trait WeightSource {
     fn llama_cpp_attention(&self) -> bool {
         false
     }
+    /// The stored bytes of a non-float tensor (gpt-oss's MXFP4 `*_blocks` / `*_scales` in
+    /// an HF folder); `None` where the source has no such tensors.
+    fn read_bytes(&self, _name: &str) -> Option<Result<Vec<u8>>> {
+        None
+    }
 }
 
 /// A HuggingFace folder (`config.json` + safetensors) read through `pajamas-model`.
@@ -84,6 +89,11 @@ impl WeightSource for HfSource {
         let data = self.model.read_f32_streaming(name)?;
         Ok((shape, data))
     }
+
+    fn read_bytes(&self, name: &str) -> Option<Result<Vec<u8>>> {
+        self.model.tensor(name)?;
+        Some(self.model.read_bytes(name).map_err(Into::into))
+    }
 }
 
 /// A GGUF file (ours or llama.cpp's): tensors are found by mapping HF names to GGUF
@@ -122,6 +132,11 @@ impl GgufSource {
         }
         if c.family == crate::config::Family::Deepseek {
             return self.locate_deepseek(hf_name);
+        }
+        if c.family == crate::config::Family::GptOss {
+            if let Some(g) = crate::gpt_oss::gguf_name(hf_name) {
+                return Some((g, Transform::None));
+            }
         }
         if c.hybrid.is_some() {
             if let Some(found) = locate_mamba(hf_name) {
