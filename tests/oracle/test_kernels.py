@@ -203,7 +203,7 @@ def test_types_lists_every_kernel():
     assert kernels("types").split() == ["F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
                                         "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
                                         "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S",
-                                        "IQ2_S", "IQ4_XS", "IQ1_M", "BF16"]
+                                        "IQ2_S", "IQ4_XS", "IQ1_M", "BF16", "MXFP4"]
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["plain", "imatrix"])
