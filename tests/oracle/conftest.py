@@ -102,3 +102,20 @@ def tiny_model(tmp_path):
     (d / "config.json").write_text(json.dumps(TINY_LLAMA))
     write_safetensors(d / "model.safetensors", tiny_llama_tensors(), metadata={"format": "pt"})
     return d
+
+
+_readers = {}
+
+
+def reader(path):
+    """gguf-py's reader of a GGUF file, opened once per path for the session."""
+    if path not in _readers:
+        import gguf
+        _readers[path] = gguf.GGUFReader(str(path))
+    return _readers[path]
+
+
+def kv(r, key):
+    """A metadata value of a GGUF reader, or None when the key is absent."""
+    f = r.fields.get(key)
+    return None if f is None else f.contents()

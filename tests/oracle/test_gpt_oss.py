@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import REPO, run
+from conftest import REPO, kv, reader, run
 
 FIXTURES = REPO / "tests" / "fixtures"
 FTYPES = ["F32", "F16", "Q8_0", "Q4_K_M", "MXFP4_MOE"]
@@ -65,20 +65,6 @@ def converted(tmp_path_factory):
         return cache[case]
 
     return get
-
-
-_readers = {}
-
-
-def reader(path):
-    if path not in _readers:
-        _readers[path] = gguf.GGUFReader(str(path))
-    return _readers[path]
-
-
-def kv(r, key):
-    f = r.fields.get(key)
-    return None if f is None else f.contents()
 
 
 # ---------------------------------------------------------------- the checkpoint, read here

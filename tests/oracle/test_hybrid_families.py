@@ -39,7 +39,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from conftest import REPO, run
+from conftest import REPO, kv, reader, run
 from np_llama import load_weights
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -76,20 +76,6 @@ def converted(tmp_path_factory):
         return cache[case]
 
     return get
-
-
-_readers = {}
-
-
-def reader(path):
-    if path not in _readers:
-        _readers[path] = gguf.GGUFReader(str(path))
-    return _readers[path]
-
-
-def kv(r, key):
-    f = r.fields.get(key)
-    return None if f is None else f.contents()
 
 
 # ---------------------------------------------------------------- the config, read here
